@@ -1,0 +1,242 @@
+"""A bucket: one shard of the keyspace (a contiguous slot range) in every logical database.
+
+For each database the bucket keeps a ``Shard``: expiry deadlines, the WATCHers of its
+keys and the key locks that two-phase commit takes. The values themselves are held per
+slot (``Slot``): routing a key lands directly on its slot's dict, and SCAN walks slots,
+which gives it a stateless cursor that returns every key present throughout exactly once
+(Redis Cluster keeps the same slot index).
+
+Nothing here awaits: Trio is cooperative, so this state changes atomically between two
+awaits of its caller.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from dtm.clock import now_ms
+from dtm.slots import key_slot
+from dtm.store import Value
+
+
+@attrs.define(eq=False)
+class WatchState:
+    """The keys one session WATCHes. ``dirty`` is set by any change to one of them; a
+    key that was live when watched and has expired since also breaks the watch (as in
+    Redis 7), even if nobody has touched it yet."""
+
+    dirty: bool = False
+    entries: list[tuple[Slot, bytes, bool]] = attrs.Factory(list)
+
+    def watch(self, slot: Slot, key: bytes) -> None:
+        for existing, existing_key, _ in self.entries:
+            if existing is slot and existing_key == key:
+                return
+        slot.watchers.setdefault(key, []).append(self)
+        self.entries.append((slot, key, slot.lookup(key, expire=False) is not None))
+
+    def broken(self) -> bool:
+        if self.dirty:
+            return True
+        for slot, key, was_live in self.entries:
+            if was_live and slot.is_expired(key):
+                return True
+        return False
+
+    def clear(self) -> None:
+        for slot, key, _ in self.entries:
+            watchers = slot.watchers.get(key)
+            if watchers is not None:
+                try:
+                    watchers.remove(self)
+                except ValueError:
+                    pass
+                if not watchers:
+                    del slot.watchers[key]
+        self.entries.clear()
+        self.dirty = False
+
+
+class Slot:
+    """The keys of one slot in one database, and every operation on a single key.
+
+    ``expires``, ``watchers`` and ``locks`` are the owning shard's dicts (shared by all
+    its slots): a reference here saves an attribute hop on every lookup.
+    """
+
+    __slots__ = ("shard", "number", "data", "expires", "watchers", "locks")
+
+    def __init__(self, shard: Shard, number: int) -> None:
+        self.shard = shard
+        self.number = number
+        self.data: dict[bytes, Value] = {}
+        self.expires = shard.expires
+        self.watchers = shard.watchers
+        self.locks = shard.locks
+
+    @property
+    def bucket(self) -> Bucket:
+        return self.shard.bucket
+
+    # ------------------------------------------------------------------ reads
+
+    def lookup(self, key: bytes, *, expire: bool = True) -> Value | None:
+        """The live value of key, deleting it first if it has expired (lazy expiry)."""
+        value = self.data.get(key)
+        if value is not None and self.expires:
+            at = self.expires.get(key)
+            if at is not None and at <= now_ms():
+                if expire and key not in self.locks:
+                    self.delete(key)
+                return None
+        return value
+
+    def is_expired(self, key: bytes) -> bool:
+        at = self.expires.get(key)
+        return at is not None and at <= now_ms()
+
+    def ttl_at(self, key: bytes) -> int | None:
+        return self.expires.get(key)
+
+    def live_keys(self) -> list[bytes]:
+        if not self.expires:
+            return list(self.data)
+        now = now_ms()
+        expires = self.expires
+        return [k for k in self.data if (at := expires.get(k)) is None or at > now]
+
+    # ----------------------------------------------------------------- writes
+
+    def store(self, key: bytes, value: Value, expire_at: int | None = None) -> None:
+        """Set key to value; expire_at replaces any TTL (None: no TTL)."""
+        self.data[key] = value
+        if expire_at is not None:
+            self.set_expire(key, expire_at)
+        elif self.expires:
+            self.expires.pop(key, None)
+        if self.watchers:
+            self.touch(key)
+
+    def store_keep_ttl(self, key: bytes, value: Value) -> None:
+        self.data[key] = value
+        if self.watchers:
+            self.touch(key)
+
+    def set_expire(self, key: bytes, at: int | None) -> None:
+        if at is None:
+            self.expires.pop(key, None)
+        else:
+            self.expires[key] = at
+            self.shard.note_deadline(at, key)
+
+    def delete(self, key: bytes) -> bool:
+        if self.data.pop(key, None) is None:
+            return False
+        if self.expires:
+            self.expires.pop(key, None)
+        if self.watchers:
+            self.touch(key)
+        return True
+
+    def touch(self, key: bytes) -> None:
+        """Break every WATCH on key: the key was modified, deleted or expired."""
+        for state in self.watchers.get(key, ()):
+            state.dirty = True
+
+
+class Shard:
+    """One bucket's part of one logical database."""
+
+    def __init__(self, bucket: Bucket, db: int) -> None:
+        self.bucket = bucket
+        self.db = db
+        self.expires: dict[bytes, int] = {}
+        self.watchers: dict[bytes, list[WatchState]] = {}
+        self.locks: dict[bytes, Any] = {}  # key -> the monitor's lock record
+        self.slots = {n: Slot(self, n) for n in bucket.slots}
+        self._deadlines: list[tuple[int, bytes]] = []
+
+    def slot_of(self, key: bytes) -> Slot:
+        return self.slots[key_slot(key)]
+
+    def __len__(self) -> int:
+        return sum(len(slot.data) for slot in self.slots.values())
+
+    def items(self) -> Iterator[tuple[bytes, Value, int | None]]:
+        """Every stored (key, value, deadline), expired or not: what a snapshot holds."""
+        expires = self.expires
+        for slot in self.slots.values():
+            for key, value in slot.data.items():
+                yield key, value, expires.get(key)
+
+    def note_deadline(self, at: int, key: bytes) -> None:
+        heapq.heappush(self._deadlines, (at, key))
+        if len(self._deadlines) > 2 * len(self.expires) + 1024:
+            # Stale entries (TTL changed or removed) pile up; rebuild from the truth.
+            self._deadlines = [(t, k) for k, t in self.expires.items()]
+            heapq.heapify(self._deadlines)
+
+    def flush(self) -> int:
+        """Remove every key; watchers of keys that existed see their watch broken."""
+        removed = 0
+        for slot in self.slots.values():
+            if self.watchers:
+                for key in self.watchers:
+                    if key in slot.data:
+                        slot.touch(key)
+            removed += len(slot.data)
+            slot.data.clear()
+        self.expires.clear()
+        self._deadlines.clear()
+        return removed
+
+    def expire_due(self, now: int, budget: int) -> int:
+        """Active expiry: delete up to budget keys whose deadline has passed, skipping
+        keys locked by a committing transaction (they are retried on a later cycle)."""
+        deadlines = self._deadlines
+        expired = 0
+        postponed = []
+        while deadlines and deadlines[0][0] <= now and expired < budget:
+            at, key = heapq.heappop(deadlines)
+            if self.expires.get(key) != at:
+                continue  # stale: the TTL was changed or removed since
+            if key in self.locks:
+                postponed.append((at, key))
+                continue
+            self.slot_of(key).delete(key)
+            expired += 1
+        for entry in postponed:
+            heapq.heappush(deadlines, entry)
+        return expired
+
+
+class Bucket:
+    """A shard of the keyspace across all logical databases (created lazily per db)."""
+
+    def __init__(self, index: int, slots: range, databases: int) -> None:
+        self.index = index
+        self.slots = slots
+        self._shards: list[Shard | None] = [None] * databases
+        self.expired_keys = 0
+
+    def shard(self, db: int) -> Shard:
+        shard = self._shards[db]
+        if shard is None:
+            shard = self._shards[db] = Shard(self, db)
+        return shard
+
+    def shards(self) -> Iterator[Shard]:
+        return (shard for shard in self._shards if shard is not None)
+
+    def key_count(self) -> int:
+        return sum(len(shard) for shard in self.shards())
+
+    def expire_cycle(self, budget: int = 1000) -> int:
+        now = now_ms()
+        expired = sum(shard.expire_due(now, budget) for shard in self.shards() if shard.expires)
+        self.expired_keys += expired
+        return expired

@@ -1,0 +1,93 @@
+"""The ``dtm`` command line: ``dtm serve`` and ``dtm --version``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+import structlog
+import trio
+
+from dtm import __version__
+from dtm.config import FIELDS, LOG_FORMATS, LOG_LEVELS, MODES, Config, build, coerce, load_toml
+from dtm.errors import ConfigError
+from dtm.log import configure
+
+log = structlog.get_logger("dtm.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dtm", description="A Redis-compatible server with ACID transactions across buckets."
+    )
+    parser.add_argument("--version", action="version", version=f"dtm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--config", metavar="FILE", help="TOML file with settings (flags win)")
+    serve.add_argument("--port", type=int, help="TCP port (default 6378; 0 picks a free one)")
+    serve.add_argument("--bind", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--buckets", type=int, help="number of buckets (default 8)")
+    serve.add_argument("--dir", help="data directory (default ./dtm-data)")
+    serve.add_argument("--mode", choices=MODES, help="durability mode (default none)")
+    serve.add_argument("--maxclients", type=int, help="maximum connections (default 10000)")
+    serve.add_argument("--requirepass", help="password clients must AUTH with")
+    serve.add_argument("--timeout", type=int, help="close clients idle this many seconds (0: never)")
+    serve.add_argument("--databases", type=int, help="number of logical databases (default 16)")
+    serve.add_argument("--proto-max-bulk-len", dest="proto_max_bulk_len", help="largest bulk string")
+    serve.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
+    serve.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    file_settings = load_toml(args.config) if args.config else {}
+    flags: dict[str, Any] = {}
+    for name in FIELDS:
+        value = getattr(args, name, None)
+        if value is not None:
+            flags[name] = coerce(name, value)
+    return build(file_settings, flags)
+
+
+async def _watch_signals(server: Any) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal received, shutting down", signal=signal.Signals(signum).name)
+            await server.request_shutdown()
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        print(f"dtm: error: {exc}", file=sys.stderr)
+        return 2
+    configure(config.log_level, config.log_format)
+    try:
+        trio.run(_serve_until_stopped, config)
+    except OSError as exc:
+        print(f"dtm: error: cannot listen on {config.bind}:{config.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve_until_stopped(config: Config) -> None:
+    from dtm.server import Server
+
+    server = Server(config)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, server)
+        await server.serve()
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

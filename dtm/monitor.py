@@ -1,0 +1,194 @@
+"""The transaction monitor: two-phase commit across buckets.
+
+A transaction (EXEC, or one multi-key command whose keys span buckets) goes through:
+
+1. **prepare** — take the key locks of every key it reads or writes, in one global order
+   (slot, database, key), waiting where another transaction holds one; then validate
+   the WATCHes. Ordered acquisition means two transactions never deadlock.
+2. **decide** — commit unless prepare failed; a mode that promises durability records
+   the decision (awaited) while the locks are still held.
+3. **commit** — apply every command on its bucket in one synchronous step (no await, so
+   nobody can observe half of it), then release the locks and wake the waiters.
+
+Any failure before the apply (a broken WATCH, a client gone while waiting for a lock)
+releases everything and applies nothing anywhere. Commands that only need one bucket
+skip the locks when nothing has to be awaited: between their check and their apply no
+other task can run.
+
+Commands outside transactions that meet a locked key wait for it (``wait_unlocked``), so
+no reader or writer ever sees a transaction half done. Whole-keyspace commands (FLUSHALL,
+KEYS, …) inside a transaction take the keyspace exclusively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from dtm.bucket import Slot, WatchState
+from dtm.resp import NULL_ARRAY
+from modes.base import CommitRecord, DurabilityMode
+
+log = structlog.get_logger("dtm.monitor")
+
+Target = tuple[Slot, bytes]
+
+
+@attrs.define
+class MonitorStats:
+    committed: int = 0
+    aborted: int = 0
+    cross_bucket: int = 0
+    lock_waits: int = 0
+
+
+class KeyLock:
+    __slots__ = ("txid", "released")
+
+    def __init__(self, txid: int) -> None:
+        self.txid = txid
+        self.released = trio.Event()
+
+
+class Monitor:
+    def __init__(self, mode: DurabilityMode) -> None:
+        self.mode = mode
+        self.stats = MonitorStats()
+        self.locked = 0  # key locks held right now
+        self.exclusive: KeyLock | None = None
+        self._next_txid = 1
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def busy(self) -> bool:
+        """True while any lock is held: only then must a plain command check its keys."""
+        return self.locked > 0 or self.exclusive is not None
+
+    # ------------------------------------------------------------- waiting
+
+    async def wait_unlocked(self, targets: Iterable[Target]) -> None:
+        """Return once none of targets is locked (and nobody holds the keyspace)."""
+        while True:
+            if self.exclusive is not None:
+                self.stats.lock_waits += 1
+                await self.exclusive.released.wait()
+                continue
+            for shard, key in targets:
+                lock = shard.locks.get(key)
+                if lock is not None:
+                    self.stats.lock_waits += 1
+                    await lock.released.wait()
+                    break
+            else:
+                return
+
+    async def wait_idle(self) -> None:
+        """Return once no lock at all is held (for whole-keyspace commands)."""
+        while self.busy:
+            self.stats.lock_waits += 1
+            if self.exclusive is not None:
+                await self.exclusive.released.wait()
+            else:
+                await self._idle.wait()
+
+    # --------------------------------------------------------- transactions
+
+    async def transact(
+        self,
+        targets: list[Target],
+        apply: Callable[[], Any],
+        *,
+        record: Callable[[int], CommitRecord] | None = None,
+        watch: WatchState | None = None,
+        whole_keyspace: bool = False,
+    ) -> Any:
+        """Run apply() atomically over targets; NULL_ARRAY if a WATCH broke.
+
+        record builds the mode's commit record for a txid; None means the transaction
+        writes nothing and needs no durable decision.
+        """
+        buckets = {slot.shard.bucket for slot, _ in targets}
+        cross = whole_keyspace or len(buckets) > 1
+        needs_decision = record is not None and self.mode.waits_for_commit
+        if not cross and not needs_decision:
+            if self.busy:
+                await self.wait_unlocked(targets)
+            return self._finish(apply, watch, cross=False)
+
+        txid = self._next_txid
+        self._next_txid += 1
+        held: list[Target] = []
+        exclusive = False
+        try:
+            if whole_keyspace:
+                await self._acquire_exclusive(txid)
+                exclusive = True
+            else:
+                for shard, key in _lock_order(targets):
+                    await self._acquire(shard, key, txid)
+                    held.append((shard, key))
+            if watch is not None and watch.broken():
+                return self._abort(txid)
+            if needs_decision:
+                assert record is not None
+                await self.mode.commit(record(txid))
+            return self._finish(apply, watch, cross=cross)
+        finally:
+            self._release(held, exclusive)
+
+    def _finish(self, apply: Callable[[], Any], watch: WatchState | None, *, cross: bool) -> Any:
+        if watch is not None and watch.broken():
+            return self._abort(None)
+        result = apply()
+        self.stats.committed += 1
+        if cross:
+            self.stats.cross_bucket += 1
+        return result
+
+    def _abort(self, txid: int | None) -> Any:
+        self.stats.aborted += 1
+        log.debug("transaction aborted", txid=txid, reason="watched key changed")
+        return NULL_ARRAY
+
+    async def _acquire(self, shard: Slot, key: bytes, txid: int) -> None:
+        while True:
+            if self.exclusive is not None:
+                self.stats.lock_waits += 1
+                await self.exclusive.released.wait()
+                continue
+            lock = shard.locks.get(key)
+            if lock is None:
+                break
+            self.stats.lock_waits += 1
+            await lock.released.wait()
+        shard.locks[key] = KeyLock(txid)
+        if self.locked == 0:
+            self._idle = trio.Event()
+        self.locked += 1
+
+    async def _acquire_exclusive(self, txid: int) -> None:
+        await self.wait_idle()
+        self.exclusive = KeyLock(txid)
+
+    def _release(self, held: list[Target], exclusive: bool) -> None:
+        for shard, key in held:
+            lock = shard.locks.pop(key)
+            lock.released.set()
+        if held:
+            self.locked -= len(held)
+            if self.locked == 0:
+                self._idle.set()
+        if exclusive and self.exclusive is not None:
+            lock = self.exclusive
+            self.exclusive = None
+            lock.released.set()
+
+
+def _lock_order(targets: list[Target]) -> list[Target]:
+    unique = set(targets)
+    return sorted(unique, key=lambda t: (t[0].number, t[0].shard.db, t[1]))

@@ -1,0 +1,452 @@
+"""RESP2/RESP3 codec, sans-I/O: requests in, replies out. Imports no trio.
+
+Requests are parsed exactly as Redis's networking.c does (multibulk and inline), with the
+same limits and error texts, checked on the headers before any payload is buffered.
+``make_parser()`` returns the hiredis-accelerated parser when hiredis is installed; it
+defers to the pure-Python parser for anything unusual, so both give the same commands and
+the same errors.
+
+Replies are plain Python values (see ``encode``), so a command handler never needs to know
+which protocol its client speaks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Protocol
+
+import attrs
+
+from dtm.errors import CommandError, ProtocolError
+
+try:  # the C parser is optional: the pure one below is the reference
+    import hiredis
+except ImportError:  # pragma: no cover - hiredis is a declared dependency
+    hiredis = None
+
+INLINE_MAX = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
+DEFAULT_MAX_BULK = 512 * 1024 * 1024  # proto-max-bulk-len
+MAX_MULTIBULK = 2**31 - 1  # INT_MAX, as Redis
+UNAUTH_MAX_MULTIBULK = 10
+UNAUTH_MAX_BULK = 16384
+
+Command = list[bytes]
+
+
+def parse_int(raw: bytes) -> int | None:
+    """Redis's string2ll: optional '-', no '+', no spaces, no leading zeros, fits int64."""
+    digits = raw[1:] if raw[:1] == b"-" else raw
+    if not digits.isdigit() or (digits[0] == 48 and (len(digits) > 1 or digits is not raw)):
+        return None
+    value = int(raw)
+    if -(2**63) <= value < 2**63:
+        return value
+    return None
+
+
+@attrs.define
+class Limits:
+    max_bulk: int = DEFAULT_MAX_BULK
+    authenticated: bool = True  # False: the tighter unauthenticated limits apply
+
+
+class RequestParser(Protocol):
+    limits: Limits
+
+    def feed(self, data: bytes) -> None: ...
+
+    def next_command(self) -> Command | None: ...
+
+    def pending(self) -> int: ...
+
+
+class PureParser:
+    """The reference request parser: Redis's processMultibulkBuffer/processInlineBuffer."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._buf = bytearray()
+        self._pos = 0
+        # state of a multibulk request being read across feeds
+        self._args: list[bytes] | None = None
+        self._remaining = 0
+        self._bulk_len = -1
+
+    def feed(self, data: bytes) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def idle(self) -> bool:
+        """True when no request is partly read: nothing buffered, no bulks outstanding."""
+        return self._args is None and self._pos >= len(self._buf)
+
+    def next_command(self) -> Command | None:
+        """The next complete command, or None until more bytes arrive."""
+        while True:
+            if self._args is None:
+                if self._pos >= len(self._buf):
+                    self._compact()
+                    return None
+                if self._buf[self._pos] == 42:  # '*'
+                    started = self._start_multibulk()
+                    if started is None:
+                        return None
+                    if not started:
+                        continue  # '*0' or negative count: an empty request, skipped
+                else:
+                    inline = self._inline()
+                    if inline is None:
+                        return None
+                    if inline:
+                        return inline
+                    continue
+            command = self._read_bulks()
+            if command is not None or self._args is not None:
+                return command
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+
+    def _line_end(self, what: str) -> int | None:
+        """Index of the '\\r' ending the current header line, or None if it is not all here."""
+        end = self._buf.find(b"\r", self._pos)
+        if end < 0:
+            if len(self._buf) - self._pos > INLINE_MAX:
+                raise ProtocolError(f"too big {what} count string")
+            return None
+        if end + 1 >= len(self._buf):
+            return None
+        return end
+
+    def _start_multibulk(self) -> bool | None:
+        end = self._line_end("mbulk")
+        if end is None:
+            return None
+        count = parse_int(bytes(self._buf[self._pos + 1 : end]))
+        if count is None or count > MAX_MULTIBULK:
+            raise ProtocolError("invalid multibulk length")
+        if count > UNAUTH_MAX_MULTIBULK and not self.limits.authenticated:
+            raise ProtocolError("unauthenticated multibulk length")
+        self._pos = end + 2
+        if count <= 0:
+            return False
+        self._args = []
+        self._remaining = count
+        self._bulk_len = -1
+        return True
+
+    def _read_bulks(self) -> Command | None:
+        buf = self._buf
+        args = self._args
+        assert args is not None
+        while self._remaining:
+            if self._bulk_len < 0:
+                end = self._line_end("bulk")
+                if end is None:
+                    return None
+                if buf[self._pos] != 36:  # '$'
+                    raise ProtocolError(f"expected '$', got '{chr(buf[self._pos])}'")
+                size = parse_int(bytes(buf[self._pos + 1 : end]))
+                if size is None or size < 0 or size > self.limits.max_bulk:
+                    raise ProtocolError("invalid bulk length")
+                if size > UNAUTH_MAX_BULK and not self.limits.authenticated:
+                    raise ProtocolError("unauthenticated bulk length")
+                self._pos = end + 2
+                self._bulk_len = size
+            if len(buf) - self._pos < self._bulk_len + 2:
+                return None
+            args.append(bytes(buf[self._pos : self._pos + self._bulk_len]))
+            # Like Redis, the two bytes after the payload are skipped, not checked.
+            self._pos += self._bulk_len + 2
+            self._bulk_len = -1
+            self._remaining -= 1
+        self._args = None
+        return args
+
+    def _inline(self) -> Command | None:
+        newline = self._buf.find(b"\n", self._pos)
+        if newline < 0:
+            if len(self._buf) - self._pos > INLINE_MAX:
+                raise ProtocolError("too big inline request")
+            return None
+        line = bytes(self._buf[self._pos : newline])
+        self._pos = newline + 1
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        args = split_args(line)
+        if args is None:
+            raise ProtocolError("unbalanced quotes in request")
+        return args
+
+
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def split_args(line: bytes) -> list[bytes] | None:
+    """Redis's sdssplitargs: split an inline request, honouring quotes; None if unbalanced."""
+    args: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in b" \n\r\t\v\f":
+            i += 1
+        if i >= n:
+            return args
+        current = bytearray()
+        in_double = in_single = False
+        while True:
+            if i >= n:
+                if in_double or in_single:
+                    return None
+                break
+            ch = line[i]
+            if in_double:
+                if ch == 92 and i + 3 < n and line[i + 1] == 120 and _is_hex_pair(line, i + 2):
+                    current.append(int(line[i + 2 : i + 4], 16))
+                    i += 3
+                elif ch == 92 and i + 1 < n:
+                    i += 1
+                    current.append(_ESCAPES.get(line[i], line[i]))
+                elif ch == 34:
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f":
+                        return None  # a closing quote must be followed by a space
+                    in_double = False
+                    i += 1
+                    break
+                else:
+                    current.append(ch)
+            elif in_single:
+                if ch == 92 and i + 1 < n and line[i + 1] == 39:
+                    i += 1
+                    current.append(39)
+                elif ch == 39:
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f":
+                        return None
+                    in_single = False
+                    i += 1
+                    break
+                else:
+                    current.append(ch)
+            elif ch in b" \n\r\t\v\f":
+                break
+            elif ch == 34:
+                in_double = True
+            elif ch == 39:
+                in_single = True
+            else:
+                current.append(ch)
+            i += 1
+        args.append(bytes(current))
+
+
+def _is_hex_pair(line: bytes, at: int) -> bool:
+    return line[at] in _HEX and line[at + 1] in _HEX
+
+
+class HiredisParser:
+    """hiredis does the parsing; the pure parser takes over for anything hiredis would
+    read differently from Redis: inline commands, non-bulk elements, and any batch whose
+    last request is still incomplete (so an oversized or malformed header is refused
+    before its payload is buffered, exactly as in pure mode).
+
+    ``_buf`` mirrors the bytes hiredis holds unconsumed, so that a batch can be handed to
+    the pure parser from its first byte; the commands hiredis parsed from that batch are
+    dropped and parsed again, which keeps framing and error texts identical to Redis.
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._reader = hiredis.Reader()
+        self._buf = bytearray()
+        self._ready: deque[Command] = deque()
+        self._pure: PureParser | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._pure is not None:
+            self._pure.feed(data)
+            return
+        self._buf += data
+        self._reader.feed(data)
+        self._drain()
+
+    def pending(self) -> int:
+        return self._pure.pending() if self._pure is not None else len(self._buf)
+
+    def next_command(self) -> Command | None:
+        if self._ready:
+            return self._ready.popleft()
+        pure = self._pure
+        if pure is None:
+            return None
+        command = pure.next_command()
+        if command is None and pure.idle():
+            self._pure = None  # the odd input is through: back to the fast path
+            self._reader = hiredis.Reader()
+        return command
+
+    def _drain(self) -> None:
+        reader = self._reader
+        ready = self._ready
+        first_new = len(ready)
+        if self._buf[0] != 42:  # not '*': an inline request
+            self._fall_back(first_new)
+            return
+        while True:
+            try:
+                command = reader.gets()
+            except hiredis.ProtocolError:
+                self._fall_back(first_new)
+                return
+            if command is False:
+                break
+            if command.__class__ is not list or not command or not _all_bulk(command):
+                self._fall_back(first_new)
+                return
+            ready.append(command)
+        if reader.has_data():
+            self._fall_back(first_new)
+        else:
+            self._buf.clear()
+
+    def _fall_back(self, first_new: int) -> None:
+        while len(self._ready) > first_new:
+            self._ready.pop()
+        pure = PureParser(self.limits)
+        pure.feed(bytes(self._buf))
+        self._buf.clear()
+        self._pure = pure
+
+
+def _all_bulk(command: list[Any]) -> bool:
+    for arg in command:
+        if arg.__class__ is not bytes:
+            return False
+    return True
+
+
+def make_parser(limits: Limits | None = None, *, accelerated: bool = True) -> RequestParser:
+    if accelerated and hiredis is not None:
+        return HiredisParser(limits)
+    return PureParser(limits)
+
+
+# ---------------------------------------------------------------------------- replies
+
+
+class NullArray:
+    """The null array: ``*-1`` in RESP2 (EXEC after a failed WATCH), ``_`` in RESP3."""
+
+    __slots__ = ()
+
+
+NULL_ARRAY = NullArray()
+
+
+class NoReply:
+    """Nothing at all goes out (SHUTDOWN closes the connection without a reply)."""
+
+    __slots__ = ()
+
+
+NO_REPLY = NoReply()
+
+
+@attrs.frozen
+class Verbatim:
+    """A verbatim string (RESP3 ``=``), a bulk string in RESP2: INFO, CLIENT INFO."""
+
+    text: bytes
+    format: bytes = b"txt"
+
+
+@attrs.frozen
+class Push:
+    """An out-of-band RESP3 push (``>``); a plain array in RESP2."""
+
+    items: list[Any]
+
+
+_SMALL_INTS = [b":%d\r\n" % i for i in range(-1, 1025)]
+_simple_cache: dict[str, bytes] = {}
+
+
+def encode(reply: Any, proto: int = 2) -> bytes:
+    """Serialize a reply value: bytes→bulk, str→simple string, int→integer, None→null,
+    list→array, dict→map, float→double, bool→boolean, CommandError→error."""
+    cls = reply.__class__
+    if cls is bytes:
+        return b"$%d\r\n%b\r\n" % (len(reply), reply)
+    if cls is str:
+        cached = _simple_cache.get(reply)
+        if cached is None:
+            cached = b"+" + reply.encode() + b"\r\n"
+            if len(_simple_cache) < 256:
+                _simple_cache[reply] = cached
+        return cached
+    if cls is int:
+        if -1 <= reply <= 1023:
+            return _SMALL_INTS[reply + 1]
+        return b":%d\r\n" % reply
+    if reply is None:
+        return b"_\r\n" if proto == 3 else b"$-1\r\n"
+    if cls is list or cls is tuple:
+        return b"*%d\r\n" % len(reply) + b"".join([encode(item, proto) for item in reply])
+    return _encode_rare(reply, proto)
+
+
+def _encode_rare(reply: Any, proto: int) -> bytes:
+    if isinstance(reply, CommandError):
+        text = reply.text.replace("\r", " ").replace("\n", " ")
+        return b"-" + text.encode() + b"\r\n"
+    if reply is NULL_ARRAY:
+        return b"_\r\n" if proto == 3 else b"*-1\r\n"
+    if reply is NO_REPLY:
+        return b""
+    if isinstance(reply, bool):
+        if proto == 3:
+            return b"#t\r\n" if reply else b"#f\r\n"
+        return b":1\r\n" if reply else b":0\r\n"
+    if isinstance(reply, float):
+        text = format_double(reply).encode()
+        return b",%b\r\n" % text if proto == 3 else b"$%d\r\n%b\r\n" % (len(text), text)
+    if isinstance(reply, dict):
+        parts = [encode(k, proto) + encode(v, proto) for k, v in reply.items()]
+        head = b"%%%d\r\n" % len(reply) if proto == 3 else b"*%d\r\n" % (2 * len(reply))
+        return head + b"".join(parts)
+    if isinstance(reply, (set, frozenset)):
+        head = b"~%d\r\n" if proto == 3 else b"*%d\r\n"
+        return head % len(reply) + b"".join([encode(item, proto) for item in reply])
+    if isinstance(reply, Verbatim):
+        if proto == 3:
+            body = reply.format + b":" + reply.text
+            return b"=%d\r\n%b\r\n" % (len(body), body)
+        return encode(reply.text, proto)
+    if isinstance(reply, Push):
+        head = b">%d\r\n" if proto == 3 else b"*%d\r\n"
+        return head % len(reply.items) + b"".join([encode(i, proto) for i in reply.items])
+    if isinstance(reply, int):  # int subclasses such as IntEnum
+        return b":%d\r\n" % int(reply)
+    raise TypeError(f"cannot encode reply of type {type(reply).__name__}")
+
+
+def format_double(value: float) -> str:
+    """Doubles as Redis prints them in RESP3 and INCRBYFLOAT: shortest exact, no exponent
+    for ordinary magnitudes, 'inf'/'-inf'."""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if math.isnan(value):
+        return "nan"
+    if value == int(value) and abs(value) < 1e17:
+        return str(int(value))
+    text = repr(value)
+    if "e" in text:
+        text = f"{value:.17f}".rstrip("0").rstrip(".")
+    return text

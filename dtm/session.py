@@ -1,0 +1,265 @@
+"""One client connection: read, parse, dispatch, MULTI queue, WATCH set, reply batching.
+
+Every complete command in a read is executed before one ``send_all`` carries all their
+replies (pipelining). The fast path — a command whose keys are not locked, with a mode
+that needs no await — is a plain function call in this task: no channel hop, no task
+switch. Only what really waits (locked keys, a transaction across buckets, a durable
+commit) takes the async path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from dtm.bucket import WatchState
+from dtm.commands.table import LOOKUP, Scope, Spec, resolve
+from dtm.errors import NOAUTH, CommandError, ProtocolError, err
+from dtm.keyspace import DbView
+from dtm.resp import Limits, encode, make_parser
+
+if TYPE_CHECKING:
+    from dtm.server import Server
+
+log = structlog.get_logger("dtm.session")
+
+RECV_SIZE = 64 * 1024
+# Commands an unauthenticated client may run.
+AUTH_FREE = frozenset({"auth", "hello", "quit", "reset"})
+# Commands that run at once inside MULTI instead of being queued.
+MULTI_IMMEDIATE = frozenset({"exec", "discard", "multi", "watch", "quit", "reset"})
+EXECABORT = CommandError("EXECABORT Transaction discarded because of previous errors.")
+
+
+class Session:
+    def __init__(self, server: Server, stream: trio.SocketStream, client_id: int) -> None:
+        self.server = server
+        self.stream = stream
+        self.id = client_id
+        self.created = time.time()
+        self.last_active = self.created
+        self.name = b""
+        self.lib_name = b""
+        self.lib_ver = b""
+        self.proto = 2
+        self.authenticated = not server.config.requirepass
+        self.db: DbView = server.keyspace.view(0)
+        self.in_multi = False
+        self.multi_error = False
+        self.queued: list[tuple[Spec, list[bytes]]] = []
+        self.watch = WatchState()
+        self.last_command = "NULL"
+        self.close_after_reply = False
+        self.cancel_scope = trio.CancelScope()
+        self.limits = Limits(server.config.proto_max_bulk_len, self.authenticated)
+        self.parser = make_parser(self.limits)
+        self.addr, self.laddr = _addresses(stream)
+        self.log = log.bind(client=client_id, addr=self.addr)
+
+    # ------------------------------------------------------------------ loop
+
+    async def serve(self) -> None:
+        stream = self.stream
+        parser = self.parser
+        config = self.server.config
+        with self.cancel_scope:
+            try:
+                while not self.close_after_reply:
+                    data = await stream.receive_some(RECV_SIZE)
+                    if not data:
+                        break
+                    self.last_active = time.time()
+                    parser.feed(data)
+                    out = await self._run_batch()
+                    if parser.pending() > config.client_query_buffer_limit:
+                        self.log.warning("closing client over the query buffer limit")
+                        self.close_after_reply = True
+                    if out:
+                        await stream.send_all(out)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except OSError as exc:
+                self.log.debug("connection error", error=str(exc))
+            finally:
+                self.close()
+        with trio.CancelScope(shield=True):
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, OSError):
+                pass
+
+    async def _run_batch(self) -> bytes:
+        """Execute every complete command buffered; return all their replies."""
+        parser = self.parser
+        server = self.server
+        proto = self.proto
+        replies: list[bytes] = []
+        while not self.close_after_reply:
+            try:
+                argv = parser.next_command()
+            except ProtocolError as exc:
+                replies.append(encode(CommandError(exc.reply_text), proto))
+                self.log.info("protocol error", error=exc.detail)
+                self.close_after_reply = True
+                break
+            if argv is None:
+                break
+            server.stats.commands += 1
+            spec = LOOKUP.get(argv[0])
+            # The fast path: a known plain command, right arity, nothing to wait for.
+            if (
+                spec is not None
+                and not spec.subcommands
+                and self.authenticated
+                and not self.in_multi
+                and not spec.guarded
+                and (spec.arity == len(argv) if spec.arity >= 0 else len(argv) >= -spec.arity)
+                and not server.monitor.busy
+                and not (spec.writes and server.durable)
+            ):
+                self.last_command = spec.name
+                try:
+                    reply = spec.handler(self, argv)  # type: ignore[misc]
+                except CommandError as exc:
+                    reply = exc
+                except Exception as exc:  # a bug must not take the server down
+                    reply = self._internal_error(exc, argv)
+            else:
+                reply = await self.execute(argv)
+            replies.append(encode(reply, self.proto))
+            proto = self.proto
+        return b"".join(replies)
+
+    async def execute(self, argv: list[bytes]) -> Any:
+        """Run one command outside the fast path; errors become error replies."""
+        try:
+            spec = resolve(argv)
+            self.last_command = spec.fullname
+            if not self.authenticated and spec.name not in AUTH_FREE:
+                raise NOAUTH
+            if self.in_multi and spec.name not in MULTI_IMMEDIATE:
+                return self._queue(spec, argv)
+            return await self.run(spec, argv)
+        except CommandError as exc:
+            if self.in_multi:
+                self.multi_error = True
+            return exc
+        except Exception as exc:
+            return self._internal_error(exc, argv)
+
+    async def run(self, spec: Spec, argv: list[bytes]) -> Any:
+        """Run a resolved command, through the monitor when it spans buckets or must
+        wait for locks or for durability."""
+        if spec.asynchronous:
+            try:
+                return await spec.handler(self, argv)  # type: ignore[misc]
+            except CommandError as exc:
+                return exc
+        monitor = self.server.monitor
+        writes = spec.writes and self.server.durable
+        if spec.scope is Scope.ALL:
+            if monitor.busy or writes:
+                return await monitor.transact(
+                    [], self._applier(spec, argv), whole_keyspace=True,
+                    record=self._recorder([(spec, argv)]) if spec.writes else None,
+                )
+            return self._call(spec, argv)
+        if spec.scope is Scope.KEYS and (spec.multi_key or monitor.busy or writes):
+            targets = spec.targets(self, argv)
+            return await monitor.transact(
+                targets, self._applier(spec, argv),
+                record=self._recorder([(spec, argv)]) if spec.writes else None,
+            )
+        return self._call(spec, argv)
+
+    def _call(self, spec: Spec, argv: list[bytes]) -> Any:
+        try:
+            return spec.handler(self, argv)  # type: ignore[misc]
+        except CommandError as exc:
+            return exc
+
+    def _applier(self, spec: Spec, argv: list[bytes]) -> Any:
+        return lambda: self._call(spec, argv)
+
+    def _recorder(self, commands: list[tuple[Spec, list[bytes]]]) -> Any:
+        from dtm import clock
+        from modes.base import CommitRecord
+
+        db = self.db.index
+        entries = tuple((db, tuple(argv)) for _, argv in commands)
+        return lambda txid: CommitRecord(txid, entries, clock.now_ms())
+
+    def _internal_error(self, exc: Exception, argv: list[bytes]) -> CommandError:
+        self.log.exception("command failed", command=argv[0][:64].decode("utf-8", "replace"))
+        return err(f"internal error: {type(exc).__name__}")
+
+    # ---------------------------------------------------------- transactions
+
+    def _queue(self, spec: Spec, argv: list[bytes]) -> Any:
+        if "no_multi" in spec.flags:
+            self.multi_error = True
+            return err("Command not allowed inside a transaction")
+        self.queued.append((spec, argv))
+        return "QUEUED"
+
+    def discard_multi(self) -> None:
+        self.in_multi = False
+        self.multi_error = False
+        self.queued = []
+
+    def unwatch(self) -> None:
+        if self.watch.entries or self.watch.dirty:
+            self.watch.clear()
+
+    def select(self, index: int) -> None:
+        self.db = self.server.keyspace.view(index)
+
+    def authenticate(self) -> None:
+        self.authenticated = True
+        self.limits.authenticated = True
+
+    # -------------------------------------------------------------- lifecycle
+
+    def kill(self) -> None:
+        """Close this connection from another task (CLIENT KILL, SHUTDOWN)."""
+        self.close_after_reply = True
+        self.cancel_scope.cancel()
+
+    def close(self) -> None:
+        self.discard_multi()
+        self.unwatch()
+        self.server.forget(self)
+
+    def describe(self) -> str:
+        """This client as a CLIENT LIST line."""
+        now = time.time()
+        flags = "x" if self.in_multi else "N"
+        fields = [
+            f"id={self.id}", f"addr={self.addr}", f"laddr={self.laddr}", "fd=-1",
+            f"name={self.name.decode('utf-8', 'replace')}",
+            f"age={int(now - self.created)}", f"idle={int(now - self.last_active)}",
+            f"flags={flags}", f"db={self.db.index}", "sub=0", "psub=0", "ssub=0",
+            f"multi={len(self.queued) if self.in_multi else -1}",
+            f"qbuf={self.parser.pending()}", "qbuf-free=0", "argv-mem=0", "multi-mem=0",
+            "rbs=0", "rbp=0", "obl=0", "oll=0", "omem=0", "tot-mem=0", "events=r",
+            f"cmd={self.last_command}", "user=default", "redir=-1", f"resp={self.proto}",
+            f"lib-name={self.lib_name.decode('utf-8', 'replace')}",
+            f"lib-ver={self.lib_ver.decode('utf-8', 'replace')}",
+        ]
+        return " ".join(fields)
+
+
+def _addresses(stream: trio.SocketStream) -> tuple[str, str]:
+    def show(address: Any) -> str:
+        if isinstance(address, tuple) and len(address) >= 2:
+            host = address[0]
+            return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+        return str(address)
+
+    try:
+        return show(stream.socket.getpeername()), show(stream.socket.getsockname())
+    except OSError:
+        return "?", "?"
