@@ -270,6 +270,8 @@ class HiredisParser:
         self._pure: PureParser | None = None
 
     def feed(self, data: bytes) -> None:
+        if not data:
+            return
         if self._pure is not None:
             self._pure.feed(data)
             return
@@ -299,6 +301,7 @@ class HiredisParser:
         if self._buf[0] != 42:  # not '*': an inline request
             self._fall_back(first_new)
             return
+        consumed = 0
         while True:
             try:
                 command = reader.gets()
@@ -310,11 +313,14 @@ class HiredisParser:
             if command.__class__ is not list or not command or not _all_bulk(command):
                 self._fall_back(first_new)
                 return
+            consumed += _wire_size(command)
             ready.append(command)
-        if reader.has_data():
-            self._fall_back(first_new)
-        else:
+        # hiredis consumes the headers of an incomplete request without saying so: the
+        # batch ended on a boundary only if what it returned covers the whole buffer.
+        if consumed == len(self._buf):
             self._buf.clear()
+        else:
+            self._fall_back(first_new)
 
     def _fall_back(self, first_new: int) -> None:
         while len(self._ready) > first_new:
@@ -323,6 +329,16 @@ class HiredisParser:
         pure.feed(bytes(self._buf))
         self._buf.clear()
         self._pure = pure
+
+
+def _wire_size(command: list[bytes]) -> int:
+    """Bytes of the canonical multibulk encoding of command."""
+    count = len(command)
+    size = 3 + (1 if count < 10 else len(b"%d" % count))
+    for arg in command:
+        n = len(arg)
+        size += n + 5 + (1 if n < 10 else 2 if n < 100 else len(b"%d" % n))
+    return size
 
 
 def _all_bulk(command: list[Any]) -> bool:

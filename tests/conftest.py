@@ -1,0 +1,107 @@
+"""Fixtures: a real dtm server (subprocess, or in-process for trio tests), a real
+redis-server for differential tests, and a small async RESP client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+class DtmProcess:
+    def __init__(self, *args: str, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp
+        self.args = ["--port", str(self.port), "--dir", str(tmp), *args]
+        self.log = open(tmp / "server.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dtm.cli", "serve", *self.args],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        return redis.Redis(port=self.port, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def dtm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DtmProcess]:
+    server = DtmProcess("--buckets", "8", tmp=tmp_path_factory.mktemp("dtm"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def r(dtm_server: DtmProcess) -> Iterator[redis.Redis]:
+    """redis-py (RESP2) on a flushed dtm."""
+    client = dtm_server.client(protocol=2)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def r3(dtm_server: DtmProcess) -> Iterator[redis.Redis]:
+    client = dtm_server.client(protocol=3)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real redis-server to compare against (skipped where it is not installed)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server must be installed in CI")
+        pytest.skip("redis-server not installed")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, proc)
+    yield port
+    proc.terminate()
+    proc.wait(10)

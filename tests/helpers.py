@@ -1,0 +1,70 @@
+"""Test helpers: an in-process server in a trio nursery, and a raw async RESP client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hiredis
+import trio
+
+from dtm.config import Config
+from dtm.resp import encode
+from dtm.server import Server
+
+
+async def start_server(nursery: trio.Nursery, **settings: Any) -> Server:
+    mode = settings.pop("mode_object", None)
+    server = Server(Config(port=0, **settings), mode)
+    await nursery.start(server.serve)
+    return server
+
+
+class RawClient:
+    """Speaks RESP over a real socket; replies are parsed with hiredis."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.reader = hiredis.Reader()
+
+    @classmethod
+    async def connect(cls, port: int) -> RawClient:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def send(self, *args: bytes | str | int) -> None:
+        await self.send_raw(encode_command(*args))
+
+    async def reply(self) -> Any:
+        while True:
+            item = self.reader.gets()
+            if item is not False:
+                return item
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise ConnectionError("connection closed")
+            self.reader.feed(data)
+
+    async def call(self, *args: bytes | str | int) -> Any:
+        await self.send(*args)
+        return await self.reply()
+
+    async def closed(self) -> bool:
+        """True once the server has closed the connection (after any pending replies)."""
+        while True:
+            try:
+                data = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return True
+            if not data:
+                return True
+            self.reader.feed(data)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def encode_command(*args: bytes | str | int) -> bytes:
+    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    return encode(parts)
