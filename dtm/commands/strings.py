@@ -137,14 +137,14 @@ def getex(s: Session, argv: list[bytes]) -> Any:
         else:
             raise SYNTAX
         i += 1
+    slot = s.db.slot(key)
+    value = slot.lookup(key)
+    if value is None:  # Redis looks the key up before it validates the expiry
+        return None
     deadline = None
     if expiry is not None:
         unit, absolute = _EXPIRE_UNITS[expiry[0]]
         deadline = expire_deadline(expiry[1], unit, absolute, "getex")
-    slot = s.db.slot(key)
-    value = slot.lookup(key)
-    if value is None:
-        return None
     if deadline is not None:
         if deadline <= clock.now_ms():
             slot.delete(key)
