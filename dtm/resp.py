@@ -13,7 +13,6 @@ which protocol its client speaks.
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any, Protocol
 
 import attrs
@@ -23,7 +22,7 @@ from dtm.errors import CommandError, ProtocolError
 try:  # the C parser is optional: the pure one below is the reference
     import hiredis
 except ImportError:  # pragma: no cover - hiredis is a declared dependency
-    hiredis = None
+    hiredis = None  # type: ignore[assignment]
 
 INLINE_MAX = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 DEFAULT_MAX_BULK = 512 * 1024 * 1024  # proto-max-bulk-len
@@ -56,6 +55,8 @@ class RequestParser(Protocol):
 
     def feed(self, data: bytes) -> None: ...
 
+    def take(self) -> list[Command]: ...
+
     def next_command(self) -> Command | None: ...
 
     def pending(self) -> int: ...
@@ -68,6 +69,7 @@ class PureParser:
         self.limits = limits or Limits()
         self._buf = bytearray()
         self._pos = 0
+        self._error: ProtocolError | None = None
         # state of a multibulk request being read across feeds
         self._args: list[bytes] | None = None
         self._remaining = 0
@@ -81,6 +83,11 @@ class PureParser:
 
     def pending(self) -> int:
         return len(self._buf) - self._pos
+
+    def take(self) -> list[Command]:
+        """Every complete command buffered; a protocol error after some commands is
+        raised by the following call, so the commands before it still run."""
+        return _take(self)
 
     def idle(self) -> bool:
         """True when no request is partly read: nothing buffered, no bulks outstanding."""
@@ -266,8 +273,9 @@ class HiredisParser:
         self.limits = limits or Limits()
         self._reader = hiredis.Reader()
         self._buf = bytearray()
-        self._ready: deque[Command] = deque()
+        self._ready: list[Command] = []
         self._pure: PureParser | None = None
+        self._error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> None:
         if not data:
@@ -282,9 +290,15 @@ class HiredisParser:
     def pending(self) -> int:
         return self._pure.pending() if self._pure is not None else len(self._buf)
 
+    def take(self) -> list[Command]:
+        if self._pure is None and self._error is None:
+            ready, self._ready = self._ready, []
+            return ready
+        return _take(self)
+
     def next_command(self) -> Command | None:
         if self._ready:
-            return self._ready.popleft()
+            return self._ready.pop(0)
         pure = self._pure
         if pure is None:
             return None
@@ -329,6 +343,22 @@ class HiredisParser:
         pure.feed(bytes(self._buf))
         self._buf.clear()
         self._pure = pure
+
+
+def _take(parser: PureParser | HiredisParser) -> list[Command]:
+    error = getattr(parser, "_error", None)
+    if error is not None:
+        parser._error = None
+        raise error
+    commands: list[Command] = []
+    try:
+        while (command := parser.next_command()) is not None:
+            commands.append(command)
+    except ProtocolError as exc:
+        if not commands:
+            raise
+        parser._error = exc
+    return commands
 
 
 def _wire_size(command: list[bytes]) -> int:
@@ -431,8 +461,8 @@ def _encode_rare(reply: Any, proto: int) -> bytes:
             return b"#t\r\n" if reply else b"#f\r\n"
         return b":1\r\n" if reply else b":0\r\n"
     if isinstance(reply, float):
-        text = format_double(reply).encode()
-        return b",%b\r\n" % text if proto == 3 else b"$%d\r\n%b\r\n" % (len(text), text)
+        digits = format_double(reply).encode()
+        return b",%b\r\n" % digits if proto == 3 else b"$%d\r\n%b\r\n" % (len(digits), digits)
     if isinstance(reply, dict):
         parts = [encode(k, proto) + encode(v, proto) for k, v in reply.items()]
         head = b"%%%d\r\n" % len(reply) if proto == 3 else b"*%d\r\n" % (2 * len(reply))

@@ -11,8 +11,8 @@ and graceful shutdown.
 
 from __future__ import annotations
 
-import errno
 import secrets
+import socket
 import time
 
 import attrs
@@ -20,6 +20,7 @@ import structlog
 import trio
 
 import dtm.commands  # noqa: F401  (registers every command)
+from dtm import netio
 from dtm.config import Config
 from dtm.keyspace import Keyspace
 from dtm.monitor import Monitor, MonitorStats
@@ -55,17 +56,17 @@ class Server:
         self.port = config.port
         self._next_client_id = 1
         self._shutdown = trio.Event()
-        self._listeners: list[trio.SocketListener] = []
+        self._listeners: list[socket.socket] = []
 
     async def serve(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until shutdown is requested; task_status gets the server once
         it accepts connections (so tests can ``await nursery.start(server.serve)``)."""
         try:
-            self._listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.bind)
+            self._listeners = netio.open_listeners(self.config.bind, self.config.port)
         except OSError as exc:
             log.error("cannot listen", bind=self.config.bind, port=self.config.port, error=exc.strerror)
             raise
-        self.port = self._listeners[0].socket.getsockname()[1]
+        self.port = self._listeners[0].getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(self.mode.run)
             for bucket in self.keyspace.buckets:
@@ -95,31 +96,35 @@ class Server:
     async def _drain(self, clients: trio.Nursery) -> None:
         """Stop accepting, let transactions holding locks finish, then close clients."""
         for listener in self._listeners:
-            await listener.aclose()
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
         with trio.move_on_after(SHUTDOWN_GRACE):
             await self.monitor.wait_idle()
         for session in list(self.clients.values()):
             session.kill()
         clients.cancel_scope.cancel()
 
-    async def _accept_loop(self, listener: trio.SocketListener, clients: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: socket.socket, clients: trio.Nursery) -> None:
         while True:
             try:
-                stream = await listener.accept()
+                sock = await netio.accept(listener)
             except trio.ClosedResourceError:
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if listener.fileno() < 0:
+                    return  # closed by shutdown
+                if exc.errno in netio.TRANSIENT_ACCEPT_ERRORS:
                     log.warning("accept failed, backing off", error=exc.strerror)
                     await trio.sleep(0.1)
                     continue
                 raise
             self.stats.connections += 1
+            conn = netio.Connection(sock)
             if len(self.clients) >= self.config.maxclients:
                 self.stats.rejected += 1
-                clients.start_soon(_refuse, stream)
+                clients.start_soon(_refuse, conn)
                 continue
-            session = Session(self, stream, self._next_client_id)
+            session = Session(self, conn, self._next_client_id)
             self._next_client_id += 1
             self.clients[session.id] = session
             clients.start_soon(session.serve)
@@ -157,10 +162,10 @@ class Server:
         self.monitor.stats = MonitorStats()
 
 
-async def _refuse(stream: trio.SocketStream) -> None:
+async def _refuse(conn: netio.Connection) -> None:
     with trio.move_on_after(1):
         try:
-            await stream.send_all(MAXCLIENTS_REPLY)
-        except (trio.BrokenResourceError, OSError):
+            await conn.send_all(MAXCLIENTS_REPLY)
+        except OSError:
             pass
-    await stream.aclose()
+    conn.close()

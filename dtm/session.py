@@ -19,6 +19,7 @@ from dtm.bucket import WatchState
 from dtm.commands.table import LOOKUP, Scope, Spec, resolve
 from dtm.errors import NOAUTH, CommandError, ProtocolError, err
 from dtm.keyspace import DbView
+from dtm.netio import Connection
 from dtm.resp import Limits, encode, make_parser
 
 if TYPE_CHECKING:
@@ -35,9 +36,9 @@ EXECABORT = CommandError("EXECABORT Transaction discarded because of previous er
 
 
 class Session:
-    def __init__(self, server: Server, stream: trio.SocketStream, client_id: int) -> None:
+    def __init__(self, server: Server, conn: Connection, client_id: int) -> None:
         self.server = server
-        self.stream = stream
+        self.conn = conn
         self.id = client_id
         self.created = time.time()
         self.last_active = self.created
@@ -56,19 +57,19 @@ class Session:
         self.cancel_scope = trio.CancelScope()
         self.limits = Limits(server.config.proto_max_bulk_len, self.authenticated)
         self.parser = make_parser(self.limits)
-        self.addr, self.laddr = _addresses(stream)
+        self.addr, self.laddr = _addresses(conn)
         self.log = log.bind(client=client_id, addr=self.addr)
 
     # ------------------------------------------------------------------ loop
 
     async def serve(self) -> None:
-        stream = self.stream
+        conn = self.conn
         parser = self.parser
         config = self.server.config
         with self.cancel_scope:
             try:
                 while not self.close_after_reply:
-                    data = await stream.receive_some(RECV_SIZE)
+                    data = await conn.receive(RECV_SIZE)
                     if not data:
                         break
                     self.last_active = time.time()
@@ -78,59 +79,60 @@ class Session:
                         self.log.warning("closing client over the query buffer limit")
                         self.close_after_reply = True
                     if out:
-                        await stream.send_all(out)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            except OSError as exc:
+                        await conn.send_all(out)
+            except OSError as exc:  # reset by peer, broken pipe
                 self.log.debug("connection error", error=str(exc))
             finally:
                 self.close()
-        with trio.CancelScope(shield=True):
-            try:
-                await stream.aclose()
-            except (trio.BrokenResourceError, OSError):
-                pass
+                conn.close()
 
     async def _run_batch(self) -> bytes:
         """Execute every complete command buffered; return all their replies."""
-        parser = self.parser
         server = self.server
-        proto = self.proto
+        monitor = server.monitor
+        durable = server.durable
+        lookup = LOOKUP.get
         replies: list[bytes] = []
+        append = replies.append
         while not self.close_after_reply:
             try:
-                argv = parser.next_command()
+                batch = self.parser.take()
             except ProtocolError as exc:
-                replies.append(encode(CommandError(exc.reply_text), proto))
+                append(encode(CommandError(exc.reply_text), self.proto))
                 self.log.info("protocol error", error=exc.detail)
                 self.close_after_reply = True
                 break
-            if argv is None:
+            if not batch:
                 break
-            server.stats.commands += 1
-            spec = LOOKUP.get(argv[0])
-            # The fast path: a known plain command, right arity, nothing to wait for.
-            if (
-                spec is not None
-                and not spec.subcommands
-                and self.authenticated
-                and not self.in_multi
-                and not spec.guarded
-                and (spec.arity == len(argv) if spec.arity >= 0 else len(argv) >= -spec.arity)
-                and not server.monitor.busy
-                and not (spec.writes and server.durable)
-            ):
-                self.last_command = spec.name
-                try:
-                    reply = spec.handler(self, argv)  # type: ignore[misc]
-                except CommandError as exc:
-                    reply = exc
-                except Exception as exc:  # a bug must not take the server down
-                    reply = self._internal_error(exc, argv)
-            else:
-                reply = await self.execute(argv)
-            replies.append(encode(reply, self.proto))
+            server.stats.commands += len(batch)
             proto = self.proto
+            # What the fast path depends on changes only on the full path.
+            plain = self.authenticated and not self.in_multi and not monitor.busy
+            spec = None
+            for argv in batch:
+                if self.close_after_reply:
+                    break
+                spec = lookup(argv[0])
+                if (
+                    plain
+                    and spec is not None
+                    and spec.fast
+                    and (len(argv) == spec.arity if spec.arity >= 0 else len(argv) >= -spec.arity)
+                    and not (durable and spec.writes)
+                ):
+                    try:
+                        reply = spec.handler(self, argv)  # type: ignore[misc]
+                    except CommandError as exc:
+                        reply = exc
+                    except Exception as exc:  # a bug must not take the server down
+                        reply = self._internal_error(exc, argv)
+                else:
+                    reply = await self.execute(argv)
+                    proto = self.proto
+                    plain = self.authenticated and not self.in_multi and not monitor.busy
+                append(encode(reply, proto))
+            if spec is not None:
+                self.last_command = spec.fullname
         return b"".join(replies)
 
     async def execute(self, argv: list[bytes]) -> Any:
@@ -252,7 +254,7 @@ class Session:
         return " ".join(fields)
 
 
-def _addresses(stream: trio.SocketStream) -> tuple[str, str]:
+def _addresses(conn: Connection) -> tuple[str, str]:
     def show(address: Any) -> str:
         if isinstance(address, tuple) and len(address) >= 2:
             host = address[0]
@@ -260,6 +262,6 @@ def _addresses(stream: trio.SocketStream) -> tuple[str, str]:
         return str(address)
 
     try:
-        return show(stream.socket.getpeername()), show(stream.socket.getsockname())
-    except OSError:
+        return show(conn.peer()), show(conn.local())
+    except (OSError, AttributeError):  # already closed, or not a socket
         return "?", "?"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from dtm import clock
@@ -293,7 +294,7 @@ def incrbyfloat(s: Session, argv: list[bytes]) -> Any:
     old = slot.lookup(key)
     nan_or_inf = err("increment would produce NaN or Infinity")
     try:
-        current = long_double(old) if old is not None else 0
+        current = long_double(old) if old is not None else Fraction(0)
         delta = long_double(argv[2])
         result = add_long_doubles(current, delta)
     except OverflowError:

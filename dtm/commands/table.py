@@ -51,6 +51,8 @@ class Spec:
     subcommands: dict[bytes, Spec] = attrs.field(factory=dict)
     # Never on the session's fast path: spans buckets, or awaits.
     guarded: bool = False
+    # May run as a plain call in the session's read loop (see Session._run_batch).
+    fast: bool = False
 
     @property
     def fullname(self) -> str:
@@ -83,6 +85,10 @@ class Spec:
 
 Shard_Key = tuple["Slot", bytes]
 
+# Commands that change what the session's fast path depends on (auth, MULTI state,
+# protocol, closing): they always take the full path.
+SESSION_STATE = frozenset({"auth", "hello", "multi", "exec", "discard", "reset", "quit"})
+
 COMMANDS: dict[bytes, Spec] = {}  # lower-case name -> spec
 # The session's first lookup: lower- and upper-case names (what clients send).
 LOOKUP: dict[bytes, Spec] = {}
@@ -109,6 +115,7 @@ def command(
         first, last, step = keys
         scope_ = scope or (Scope.KEYS if first else Scope.NONE)
         is_async = inspect.iscoroutinefunction(handler)
+        guarded = is_async or (scope_ is Scope.KEYS and last != first) or targets is not None
         spec = Spec(
             name=name,
             arity=arity,
@@ -122,7 +129,8 @@ def command(
             step=step,
             scope=scope_,
             asynchronous=is_async,
-            guarded=is_async or (scope_ is Scope.KEYS and last != first) or targets is not None,
+            guarded=guarded,
+            fast=parent is None and not guarded and name not in SESSION_STATE,
             parent=parent.name if parent else None,
             targets_fn=targets,
         )
