@@ -17,6 +17,7 @@ import trio
 
 from dtm.bucket import WatchState
 from dtm.commands.table import LOOKUP, Scope, Spec, resolve
+from dtm.commands.transactions import commit_record
 from dtm.errors import NOAUTH, CommandError, ProtocolError, err
 from dtm.keyspace import DbView
 from dtm.netio import Connection
@@ -32,7 +33,6 @@ RECV_SIZE = 64 * 1024
 AUTH_FREE = frozenset({"auth", "hello", "quit", "reset"})
 # Commands that run at once inside MULTI instead of being queued.
 MULTI_IMMEDIATE = frozenset({"exec", "discard", "multi", "watch", "quit", "reset"})
-EXECABORT = CommandError("EXECABORT Transaction discarded because of previous errors.")
 
 
 class Session:
@@ -166,14 +166,14 @@ class Session:
             if monitor.busy or writes:
                 return await monitor.transact(
                     [], self._applier(spec, argv), whole_keyspace=True,
-                    record=self._recorder([(spec, argv)]) if spec.writes else None,
+                    record=commit_record(self, [(spec, argv)]) if spec.writes else None,
                 )
             return self._call(spec, argv)
         if spec.scope is Scope.KEYS and (spec.multi_key or monitor.busy or writes):
             targets = spec.targets(self, argv)
             return await monitor.transact(
                 targets, self._applier(spec, argv),
-                record=self._recorder([(spec, argv)]) if spec.writes else None,
+                record=commit_record(self, [(spec, argv)]) if spec.writes else None,
             )
         return self._call(spec, argv)
 
@@ -185,14 +185,6 @@ class Session:
 
     def _applier(self, spec: Spec, argv: list[bytes]) -> Any:
         return lambda: self._call(spec, argv)
-
-    def _recorder(self, commands: list[tuple[Spec, list[bytes]]]) -> Any:
-        from dtm import clock
-        from modes.base import CommitRecord
-
-        db = self.db.index
-        entries = tuple((db, tuple(argv)) for _, argv in commands)
-        return lambda txid: CommitRecord(txid, entries, clock.now_ms())
 
     def _internal_error(self, exc: Exception, argv: list[bytes]) -> CommandError:
         self.log.exception("command failed", command=argv[0][:64].decode("utf-8", "replace"))

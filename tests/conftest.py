@@ -70,21 +70,23 @@ def dtm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DtmProcess]
     server.stop()
 
 
-@pytest.fixture
-def r(dtm_server: DtmProcess) -> Iterator[redis.Redis]:
-    """redis-py (RESP2) on a flushed dtm."""
-    client = dtm_server.client(protocol=2)
+def _flushed_client(server: DtmProcess, protocol: int) -> Iterator[redis.Redis]:
+    client = server.client(protocol=protocol)
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def r(dtm_server: DtmProcess) -> Iterator[redis.Redis]:
+    """redis-py speaking RESP2 to a flushed dtm."""
+    yield from _flushed_client(dtm_server, 2)
 
 
 @pytest.fixture
 def r3(dtm_server: DtmProcess) -> Iterator[redis.Redis]:
-    client = dtm_server.client(protocol=3)
-    client.flushall()
-    yield client
-    client.close()
+    """redis-py speaking RESP3 to a flushed dtm."""
+    yield from _flushed_client(dtm_server, 3)
 
 
 @pytest.fixture(scope="session")

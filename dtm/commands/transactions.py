@@ -64,7 +64,7 @@ async def exec_(s: Session, argv: list[bytes]) -> Any:
         return await s.server.monitor.transact(
             targets,
             lambda: _apply(s, queued),
-            record=_record(s, queued) if writes else None,
+            record=commit_record(s, queued) if writes else None,
             watch=watch,
             whole_keyspace=whole_keyspace,
         )
@@ -106,7 +106,9 @@ def _transaction_targets(
     return targets, whole_keyspace
 
 
-def _record(s: Session, queued: list[tuple[Spec, list[bytes]]]) -> Any:
+def commit_record(s: Session, queued: list[tuple[Spec, list[bytes]]]) -> Any:
+    """A builder of the mode's CommitRecord (called with the txid once it is known):
+    the commands with the database each runs in, following SELECTs inside."""
     from modes.base import CommitRecord
 
     entries = []
