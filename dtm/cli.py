@@ -14,6 +14,7 @@ from dtm import __version__
 from dtm.config import FIELDS, LOG_FORMATS, LOG_LEVELS, MODES, Config, build, coerce, load_toml
 from dtm.errors import ConfigError
 from dtm.log import configure
+from modes.datadir import DataDirError
 
 log = structlog.get_logger("dtm.cli")
 
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--buckets", type=int, help="number of buckets (default 8)")
     serve.add_argument("--dir", help="data directory (default ./dtm-data)")
     serve.add_argument("--mode", choices=MODES, help="durability mode (default none)")
+    serve.add_argument("--fsync", choices=("always", "everysec"), help="binlog: sync before every reply (always, default) or once a second")
+    serve.add_argument("--binlog-max-mb", dest="binlog_max_mb", type=int, help="binlog: compact past this size (default 64)")
+    serve.add_argument("--checkpoint-interval", dest="checkpoint_interval", type=float, help="checkpoint: seconds between checkpoints (default 60)")
     serve.add_argument("--maxclients", type=int, help="maximum connections (default 10000)")
     serve.add_argument("--requirepass", help="password clients must AUTH with")
     serve.add_argument("--timeout", type=int, help="close clients idle this many seconds (0: never)")
@@ -73,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     configure(config.log_level, config.log_format)
     try:
         trio.run(_serve_until_stopped, config)
+    except DataDirError as exc:
+        print(f"dtm: error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"dtm: error: cannot listen on {config.bind}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -20,10 +20,13 @@ def now_ms() -> int:
 
 
 @contextmanager
-def frozen() -> Iterator[int]:
+def frozen(at: int | None = None) -> Iterator[int]:
+    """Freeze now (at the current time, or at ``at`` when replaying a logged write)."""
     global _frozen
     outer = _frozen
-    if outer is None:
+    if at is not None:
+        _frozen = at
+    elif outer is None:
         _frozen = int(time.time() * 1000)
     try:
         yield _frozen  # type: ignore[misc]

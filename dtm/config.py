@@ -16,7 +16,8 @@ import attrs
 
 from dtm.errors import ConfigError
 
-MODES = ("none",)
+MODES = ("none", "binlog", "checkpoint")
+FSYNC_POLICIES = ("always", "everysec")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
 
@@ -37,6 +38,14 @@ def _choice(name: str, choices: tuple[str, ...]) -> Any:
     return check
 
 
+def _seconds(name: str) -> Any:
+    def check(instance: Any, attribute: Any, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 86400 * 365:
+            raise ConfigError(f"{name} must be a number of seconds between 0.01 and 31536000, got {value!r}")
+
+    return check
+
+
 def _string(name: str) -> Any:
     def check(instance: Any, attribute: Any, value: Any) -> None:
         if not isinstance(value, str):
@@ -52,6 +61,9 @@ class Config:
     buckets: int = attrs.field(default=8, validator=_positive("buckets", 1, 16384))
     dir: str = attrs.field(default="./dtm-data", validator=_string("dir"))
     mode: str = attrs.field(default="none", validator=_choice("mode", MODES))
+    fsync: str = attrs.field(default="always", validator=_choice("fsync", FSYNC_POLICIES))
+    binlog_max_mb: int = attrs.field(default=64, validator=_positive("binlog-max-mb", 1, 1 << 20))
+    checkpoint_interval: float = attrs.field(default=60.0, validator=_seconds("checkpoint-interval"))
     maxclients: int = attrs.field(default=10000, validator=_positive("maxclients"))
     requirepass: str = attrs.field(default="", validator=_string("requirepass"))
     log_level: str = attrs.field(default="info", validator=_choice("log-level", LOG_LEVELS))
@@ -87,6 +99,13 @@ def coerce(field: str, raw: Any) -> Any:
     if field not in FIELDS:
         raise ConfigError(f"unknown setting {field!r}")
     kind = FIELDS[field].type
+    if kind == "float":
+        if isinstance(raw, bool):
+            raise ConfigError(f"{redis_name(field)} must be a number, got {raw!r}")
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{redis_name(field)} must be a number, got {raw!r}") from None
     if kind == "int":
         if isinstance(raw, bool):
             raise ConfigError(f"{redis_name(field)} must be an integer, got {raw!r}")

@@ -63,6 +63,8 @@ class Monitor:
         self._next_txid = 1
         self._idle = trio.Event()
         self._idle.set()
+        self._holds = 0
+        self._hold_released: trio.Event | None = None
 
     @property
     def busy(self) -> bool:
@@ -96,6 +98,27 @@ class Monitor:
             else:
                 await self._idle.wait()
 
+    def hold(self) -> Callable[[], None]:
+        """Hold new transactions at the door (a checkpoint's barrier) until the returned
+        function is called; those already past it go on and can be awaited with
+        wait_idle."""
+        if self._holds == 0:
+            self._hold_released = trio.Event()
+        self._holds += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._holds -= 1
+            if self._holds == 0 and self._hold_released is not None:
+                self._hold_released.set()
+                self._hold_released = None
+
+        return release
+
     # --------------------------------------------------------- transactions
 
     async def transact(
@@ -112,6 +135,8 @@ class Monitor:
         record builds the mode's commit record for a txid; None means the transaction
         writes nothing and needs no durable decision.
         """
+        while self._hold_released is not None:
+            await self._hold_released.wait()
         buckets = {slot.shard.bucket for slot, _ in targets}
         cross = whole_keyspace or len(buckets) > 1
         needs_decision = record is not None and self.mode.waits_for_commit

@@ -45,7 +45,7 @@ class Server:
     def __init__(self, config: Config, mode: DurabilityMode | None = None) -> None:
         self.config = config
         self.keyspace = Keyspace(config.buckets, config.databases)
-        self.mode = mode if mode is not None else create_mode(config.mode)
+        self.mode = mode if mode is not None else create_mode(config)
         self.monitor = Monitor(self.mode)
         # True when writes must wait for the mode before replying (binlog).
         self.durable = self.mode.waits_for_commit
@@ -56,11 +56,13 @@ class Server:
         self.port = config.port
         self._next_client_id = 1
         self._shutdown = trio.Event()
+        self._shutdown_save: bool | None = None
         self._listeners: list[socket.socket] = []
 
     async def serve(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen and serve until shutdown is requested; task_status gets the server once
-        it accepts connections (so tests can ``await nursery.start(server.serve)``)."""
+        """Recover, listen and serve until shutdown is requested; task_status gets the
+        server once it accepts connections (tests ``await nursery.start(server.serve)``)."""
+        self.mode.recover(self)
         try:
             self._listeners = netio.open_listeners(self.config.bind, self.config.port)
         except OSError as exc:
@@ -68,7 +70,7 @@ class Server:
             raise
         self.port = self._listeners[0].getsockname()[1]
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.mode.run)
+            await nursery.start(self.mode.run, self)
             for bucket in self.keyspace.buckets:
                 nursery.start_soon(self._expire_loop, bucket)
             nursery.start_soon(self._idle_sweeper)
@@ -86,7 +88,10 @@ class Server:
             nursery.cancel_scope.cancel()
         log.info("server stopped")
 
-    async def request_shutdown(self) -> None:
+    async def request_shutdown(self, save: bool | None = None) -> None:
+        """Stop gracefully; save: SHUTDOWN SAVE (True), NOSAVE (False), or the mode's default."""
+        if not self._shutdown.is_set():
+            self._shutdown_save = save
         self._shutdown.set()
 
     @property
@@ -94,7 +99,8 @@ class Server:
         return self._shutdown.is_set()
 
     async def _drain(self, clients: trio.Nursery) -> None:
-        """Stop accepting, let transactions holding locks finish, then close clients."""
+        """Stop accepting, let transactions holding locks finish, close clients, and let
+        the mode sync its log or take its final checkpoint."""
         for listener in self._listeners:
             trio.lowlevel.notify_closing(listener)
             listener.close()
@@ -102,6 +108,7 @@ class Server:
             await self.monitor.wait_idle()
         for session in list(self.clients.values()):
             session.kill()
+        await self.mode.shutdown(self, save=self._shutdown_save)
         clients.cancel_scope.cancel()
 
     async def _accept_loop(self, listener: socket.socket, clients: trio.Nursery) -> None:

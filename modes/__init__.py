@@ -3,19 +3,24 @@ server picks one by name with ``create_mode``."""
 
 from __future__ import annotations
 
-from modes.base import CommitRecord, DurabilityMode
+from typing import Any
+
+from modes.base import CommitRecord, DurabilityMode, SnapshottingMode
+from modes.binlog import BinlogMode
+from modes.checkpoint import CheckpointMode
 from modes.none import NoneMode
 
-MODES: dict[str, type] = {"none": NoneMode}
+
+def create_mode(config: Any, ops: Any = None) -> DurabilityMode:
+    """The mode config.mode names, set up from the config's other settings."""
+    if config.mode == "none":
+        return NoneMode(config.dir, ops)
+    if config.mode == "binlog":
+        return BinlogMode(config.dir, fsync=config.fsync, max_bytes=config.binlog_max_mb << 20, ops=ops)
+    if config.mode == "checkpoint":
+        return CheckpointMode(config.dir, config.checkpoint_interval, ops)
+    raise ValueError(f"unknown mode {config.mode!r}")
 
 
-def create_mode(name: str) -> DurabilityMode:
-    try:
-        factory = MODES[name]
-    except KeyError:
-        raise ValueError(f"unknown mode {name!r} (choose from {', '.join(sorted(MODES))})") from None
-    mode: DurabilityMode = factory()
-    return mode
-
-
-__all__ = ["MODES", "CommitRecord", "DurabilityMode", "NoneMode", "create_mode"]
+__all__ = ["BinlogMode", "CheckpointMode", "CommitRecord", "DurabilityMode", "NoneMode",
+           "SnapshottingMode", "create_mode"]

@@ -1,21 +1,11 @@
-"""``none``: nothing is written per commit; a restart starts empty."""
+"""``none``: nothing is written on its own; SAVE/BGSAVE write a snapshot, and a snapshot
+found at start-up is loaded (Redis does the same with ``save ""``)."""
 
 from __future__ import annotations
 
-import trio
-
-from modes.base import CommitRecord
+from modes.base import SnapshottingMode
 
 
-class NoneMode:
+class NoneMode(SnapshottingMode):
     name = "none"
     waits_for_commit = False
-
-    async def commit(self, record: CommitRecord) -> None:  # never awaited: nothing to wait for
-        return None
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-
-    def info(self) -> dict[str, str | int]:
-        return {"dtm_mode": self.name, "aof_enabled": 0, "rdb_changes_since_last_save": 0}

@@ -40,8 +40,8 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.
 class DtmProcess:
     def __init__(self, *args: str, tmp: Path) -> None:
         self.port = free_port()
-        self.dir = tmp
-        self.args = ["--port", str(self.port), "--dir", str(tmp), *args]
+        self.dir = tmp / "data"
+        self.args = ["--port", str(self.port), "--dir", str(self.dir), *args]
         self.log = open(tmp / "server.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dtm.cli", "serve", *self.args],

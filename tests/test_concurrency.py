@@ -8,7 +8,7 @@ import random
 import trio
 
 from helpers import RawClient, start_server
-from modes.base import CommitRecord
+from modes.base import CommitRecord, SnapshottingMode
 
 ACCOUNTS = [f"acct:{i}" for i in range(16)]  # spread over all 8 buckets
 START = 100
@@ -111,14 +111,15 @@ async def test_concurrent_incrs_lose_nothing() -> None:
             nursery.cancel_scope.cancel()
 
 
-class GatedMode:
+class GatedMode(SnapshottingMode):
     """A durability mode whose commit waits for the test to open a gate: it holds a
     transaction between decide and commit, with its key locks taken."""
 
     name = "gated"
     waits_for_commit = True
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory)
         self.gate = trio.Event()
         self.arrived = trio.Event()
         self.records: list[CommitRecord] = []
@@ -128,17 +129,11 @@ class GatedMode:
         self.arrived.set()
         await self.gate.wait()
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
 
-    def info(self) -> dict[str, str | int]:
-        return {}
-
-
-async def test_a_command_meeting_a_locked_key_waits_for_the_commit() -> None:
+async def test_a_command_meeting_a_locked_key_waits_for_the_commit(tmp_path) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            mode = GatedMode()
+            mode = GatedMode(str(tmp_path))
             server = await start_server(nursery, buckets=8, mode_object=mode)
             writer = await RawClient.connect(server.port)
             reader = await RawClient.connect(server.port)
@@ -156,10 +151,10 @@ async def test_a_command_meeting_a_locked_key_waits_for_the_commit() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_client_killed_while_waiting_for_locks_applies_nothing_and_releases_them() -> None:
+async def test_client_killed_while_waiting_for_locks_applies_nothing_and_releases_them(tmp_path) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            mode = GatedMode()
+            mode = GatedMode(str(tmp_path))
             server = await start_server(nursery, buckets=8, mode_object=mode)
             holder = await RawClient.connect(server.port)
             await holder.send("MSET", "y:1", "held", "y:2", "held")

@@ -342,6 +342,28 @@ async def shutdown(s: Session, argv: list[bytes]) -> Any:
             raise SYNTAX
         raise err("No shutdown in progress.")
     s.log.info("shutdown requested by client")
-    await s.server.request_shutdown()
+    await s.server.request_shutdown(True if b"save" in options else False if b"nosave" in options else None)
     s.close_after_reply = True
     return NO_REPLY
+
+
+# -------------------------------------------------------------- persistence
+
+
+@command("save", 1, "admin noscript no_multi", group=GROUP, summary="Write a snapshot and wait for it")
+async def save(s: Session, argv: list[bytes]) -> Any:
+    await s.server.mode.save(s.server, background=False)
+    return "OK"
+
+
+@command("bgsave", -1, "admin noscript no_multi", group=GROUP, summary="Write a snapshot in the background")
+async def bgsave(s: Session, argv: list[bytes]) -> Any:
+    if len(argv) > 2 or (len(argv) == 2 and argv[1].lower() != b"schedule"):
+        raise SYNTAX
+    await s.server.mode.save(s.server, background=True)
+    return "Background saving started"
+
+
+@command("lastsave", 1, "loading stale fast", group=GROUP, summary="Time of the last successful snapshot", since="1.0.0")
+def lastsave(s: Session, argv: list[bytes]) -> Any:
+    return s.server.mode.last_save()

@@ -1,0 +1,305 @@
+"""``binlog``: every committed write is one checksummed record in a log that is
+fdatasync'ed before the write is acknowledged, with group commit.
+
+A writer task takes everything queued, writes it with one write and one fdatasync in a
+worker thread, then releases every waiting transaction; meanwhile new commits queue up
+for the next round, so throughput grows with concurrency. A transaction waits with its
+key locks held and is applied only after its record is durable, so no client (reader or
+writer) ever sees a write that a crash could lose. With ``--fsync everysec`` commits are
+acknowledged once written and synced every second, as Redis's ``appendfsync everysec``.
+
+Compaction: past ``--binlog-max-mb`` (and on SAVE/BGSAVE) new transactions are held at
+a barrier, the ones in flight finish, the keyspace is captured and a new log started in
+one step, writers resume, and the snapshot is written in the background; the manifest
+names the snapshot and the log that follows it. Recovery = that snapshot + every log
+from it on. A failed write or sync is never acknowledged: its clients get ``MISCONF``,
+writes are refused, and the log is cut back to its last synced byte until the disk works
+again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from modes.base import CommitRecord, SnapshottingMode, misconf
+from modes.datadir import DataDirError
+from modes.record import MAGIC, Problem, encode_record, scan
+from modes.replay import ReplaySession, apply_record
+from modes.snapshots import capture
+
+if TYPE_CHECKING:
+    from dtm.server import Server
+
+log = structlog.get_logger("dtm.binlog")
+
+RETRY_PERIOD = 1.0
+
+
+class Batch:
+    __slots__ = ("items", "done", "error")
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.done = trio.Event()
+        self.error: str | None = None
+
+
+class BinlogMode(SnapshottingMode):
+    name = "binlog"
+    waits_for_commit = True
+
+    def __init__(self, directory: str, *, fsync: str = "always", max_bytes: int = 64 << 20,
+                 ops: Any = None) -> None:
+        super().__init__(directory, ops)
+        self.fsync_always = fsync == "always"
+        self.fsync = fsync
+        self.max_bytes = max_bytes
+        self.fd: int | None = None
+        self.log_seq = 0
+        self.size = 0  # bytes in the current log
+        self.synced_size = 0  # bytes of it known to be on disk
+        self.error: str | None = None
+        self.records = 0
+        self.syncs = 0
+        self.compactions = 0
+        self.replayed = 0
+        self.cut_bytes = 0
+        self._batch = Batch()
+        self._work = trio.Event()
+        self._file_lock = trio.Lock()
+        self._compact_wanted = trio.Event()
+
+    # ------------------------------------------------------------ recovery
+
+    def recover(self, server: Server) -> None:
+        started = time.perf_counter()
+        self.datadir.prepare()
+        manifest = self.datadir.load_manifest()
+        self._after_manifest(manifest)
+        if manifest is not None:
+            from modes.snapshots import restore
+
+            self.recovered_keys = restore(self.datadir, server.keyspace, manifest)
+        first = manifest["log"] if manifest is not None and manifest["log"] is not None else 0
+        seqs = [seq for seq in self.datadir.log_seqs() if seq >= first]
+        session = ReplaySession(server)
+        for position, seq in enumerate(seqs):
+            path = self.datadir.log_path(seq)
+            result, records = scan(path.read_bytes())
+            last = position == len(seqs) - 1
+            if result.problem is not Problem.NONE:
+                if not (last and result.problem is Problem.TORN):
+                    raise DataDirError(
+                        f"binlog {path}: {result.detail} ({result.problem.value}); "
+                        f"`dtm check {self.datadir.path} --repair` cuts the log there, "
+                        f"losing what follows"
+                    )
+                self.cut_bytes = path.stat().st_size - result.good_end
+                log.warning("binlog tail torn by a crash: cut", file=str(path),
+                            at=result.good_end, bytes_cut=self.cut_bytes, detail=result.detail)
+                self._truncate_file(path, result.good_end)
+            for record in records:
+                apply_record(session, record)
+            self.replayed += len(records)
+            if len(records) > 100_000:
+                log.info("replaying binlog", file=str(path), records=len(records))
+        if seqs:
+            self._open_log(seqs[-1])
+        else:
+            self._open_log(self.snapshotter.next_seq)
+            self.snapshotter.next_seq += 1
+        log.info("recovered", snapshot_keys=self.recovered_keys, records_replayed=self.replayed,
+                 seconds=round(time.perf_counter() - started, 3))
+
+    def _truncate_file(self, path: Any, size: int) -> None:
+        fd = self.datadir.ops.open(path, os.O_WRONLY)
+        try:
+            self.datadir.ops.truncate(fd, size)
+            self.datadir.ops.fsync(fd)
+        finally:
+            self.datadir.ops.close(fd)
+
+    def _open_log(self, seq: int) -> None:
+        """Make seq the log appended to (creating it with its header if new)."""
+        ops = self.datadir.ops
+        path = self.datadir.log_path(seq)
+        fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            ops.write(fd, MAGIC)
+            ops.fsync(fd)
+            ops.fsync_dir(path.parent)
+            size = len(MAGIC)
+        if self.fd is not None:
+            ops.close(self.fd)
+        self.fd, self.log_seq, self.size, self.synced_size = fd, seq, size, size
+
+    # ------------------------------------------------------------ commits
+
+    async def commit(self, record: CommitRecord) -> None:
+        if self.error is not None:
+            raise misconf(self.error)
+        batch = self._batch
+        batch.items.append(encode_record(record.txid, record.time_ms, record.commands))
+        self._work.set()
+        if self.fsync_always:
+            await batch.done.wait()
+            if batch.error is not None:
+                raise misconf(batch.error)
+
+    async def background(self, server: Server) -> None:
+        assert self._background is not None
+        self._background.start_soon(self._writer)
+        self._background.start_soon(self._repairer, server)
+        self._background.start_soon(self._compactor, server)
+        if not self.fsync_always:
+            self._background.start_soon(self._syncer)
+        await trio.sleep_forever()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work = trio.Event()
+            while self._batch.items:
+                async with self._file_lock:
+                    await self._write_batch()
+                if self.size > self.max_bytes:
+                    self._compact_wanted.set()
+
+    async def _write_batch(self) -> None:
+        """Write (and, with fsync always, sync) the queued records; caller holds the lock."""
+        batch, self._batch = self._batch, Batch()
+        if not batch.items:
+            return
+        if self.error is None:
+            data = b"".join(batch.items)
+            try:
+                await trio.to_thread.run_sync(self._append, data)
+            except OSError as exc:
+                self._fail(exc)
+            else:
+                self.size += len(data)
+                self.records += len(batch.items)
+                if self.fsync_always:
+                    self.synced_size = self.size
+                    self.syncs += 1
+        batch.error = self.error
+        batch.done.set()
+
+    def _append(self, data: bytes) -> None:  # in a worker thread
+        assert self.fd is not None
+        self.datadir.ops.write(self.fd, data)
+        if self.fsync_always:
+            self.datadir.ops.fdatasync(self.fd)
+
+    async def _syncer(self) -> None:
+        """--fsync everysec: make what was written durable once a second."""
+        while True:
+            await trio.sleep(1)
+            async with self._file_lock:
+                if self.error is None and self.size > self.synced_size and self.fd is not None:
+                    target = self.size
+                    try:
+                        await trio.to_thread.run_sync(self.datadir.ops.fdatasync, self.fd)
+                    except OSError as exc:
+                        self._fail(exc)
+                    else:
+                        self.synced_size = target
+                        self.syncs += 1
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc.strerror or str(exc)
+        log.error("binlog write failed: refusing writes until the disk works", error=self.error)
+
+    async def _repairer(self, server: Server) -> None:
+        """After a failure: cut the log back to its last synced byte; once that works,
+        accept writes again (and snapshot, so memory and disk agree once more)."""
+        while True:
+            await trio.sleep(RETRY_PERIOD)
+            if self.error is None:
+                continue
+            async with self._file_lock:
+                try:
+                    await trio.to_thread.run_sync(self._cut_to_synced)
+                except OSError:
+                    continue
+                self.size = self.synced_size
+                self.error = None
+            log.info("binlog writable again")
+            if not self.fsync_always:
+                self._compact_wanted.set()
+
+    def _cut_to_synced(self) -> None:  # in a worker thread
+        assert self.fd is not None
+        self.datadir.ops.truncate(self.fd, self.synced_size)
+        self.datadir.ops.fdatasync(self.fd)
+
+    # ------------------------------------------------------------ compaction
+
+    async def _compactor(self, server: Server) -> None:
+        while True:
+            await self._compact_wanted.wait()
+            self._compact_wanted = trio.Event()
+            if self.error is not None:
+                continue
+            try:
+                await self.take_snapshot(server)
+            except (OSError, DataDirError) as exc:
+                log.error("compaction failed; the log goes on", error=str(exc))
+
+    async def snapshot(self, server: Server) -> None:
+        """Hold new transactions, let those in flight finish, capture the keyspace and
+        start a new log at that one cut; then write the snapshot in the background."""
+        monitor = server.monitor
+        started = time.perf_counter()
+        release = monitor.hold()
+        try:
+            await monitor.wait_idle()
+            async with self._file_lock:
+                await self._write_batch()  # everysec: what is written but queued
+                if self.error is not None:
+                    raise OSError(self.error)
+                seq = self.snapshotter.next_seq
+                captured = capture(server.keyspace, seq)
+                if self.fd is not None and self.size > self.synced_size:
+                    self.datadir.ops.fdatasync(self.fd)
+                self._open_log(seq)
+        finally:
+            release()
+        captured.pause_ms = (time.perf_counter() - started) * 1000
+        await self.snapshotter.take(server.keyspace, log_seq=seq, captured=captured)
+        self.compactions += 1
+
+    async def shutdown(self, server: Server, *, save: bool | None) -> None:
+        async with self._file_lock:
+            await self._write_batch()
+            if self.fd is not None and self.error is None and self.size > self.synced_size:
+                self.datadir.ops.fdatasync(self.fd)
+                self.synced_size = self.size
+        if save:
+            await self._final_snapshot(server)
+        if self.fd is not None:
+            self.datadir.ops.close(self.fd)
+            self.fd = None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **super().info(),
+            "aof_enabled": 1,
+            "binlog_fsync": self.fsync,
+            "binlog_current_file": self.log_seq,
+            "binlog_current_size": self.size,
+            "binlog_synced_size": self.synced_size,
+            "binlog_pending_records": len(self._batch.items),
+            "binlog_records_written": self.records,
+            "binlog_syncs": self.syncs,
+            "binlog_compactions": self.compactions,
+            "binlog_records_replayed": self.replayed,
+            "binlog_tail_bytes_cut": self.cut_bytes,
+            "binlog_last_error": self.error or "",
+        }
