@@ -42,7 +42,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--proto-max-bulk-len", dest="proto_max_bulk_len", help="largest bulk string")
     serve.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
     serve.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS)
+    check = commands.add_parser("check", help="verify a data directory (like redis-check-aof)")
+    check.add_argument("dir", help="the data directory")
+    check.add_argument("--repair", action="store_true", help="cut a damaged log at its last good record")
     return parser
+
+
+def run_check(directory: str, repair: bool) -> int:
+    from modes.check import check
+
+    report = check(directory, repair)
+    for line in report.lines:
+        print(line)
+    if report.problems and report.repaired:
+        print(f"{report.problems} problem(s); repaired")
+        return 0
+    if report.problems:
+        print(f"{report.problems} problem(s) found" + ("" if repair else "; --repair cuts a damaged log"))
+        return 1
+    print("data directory is healthy")
+    return 0
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -66,6 +85,8 @@ async def _watch_signals(server: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return run_check(args.dir, args.repair)
     if args.command != "serve":
         parser.print_help()
         return 2
