@@ -23,7 +23,7 @@ KEYS, …) inside a transaction take the keyspace exclusively.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
@@ -31,11 +31,24 @@ import trio
 
 from dtm.bucket import Slot, WatchState
 from dtm.resp import NULL_ARRAY
-from modes.base import CommitRecord, DurabilityMode
+
+if TYPE_CHECKING:
+    from modes.base import DurabilityMode
 
 log = structlog.get_logger("dtm.monitor")
 
 Target = tuple[Slot, bytes]
+
+
+@attrs.frozen
+class CommitRecord:
+    """What a mode makes durable for one committed write."""
+
+    txid: int
+    # (database, argv) of every command the transaction runs, in order: replaying them
+    # against the state before the transaction reproduces it exactly.
+    commands: tuple[tuple[int, tuple[bytes, ...]], ...]
+    time_ms: int
 
 
 @attrs.define
@@ -47,11 +60,23 @@ class MonitorStats:
 
 
 class KeyLock:
-    __slots__ = ("txid", "released")
+    """A key's lock. Its event exists only once somebody waits for it (most locks are
+    released before anyone does)."""
+
+    __slots__ = ("txid", "_released")
 
     def __init__(self, txid: int) -> None:
         self.txid = txid
-        self.released = trio.Event()
+        self._released: trio.Event | None = None
+
+    async def wait(self) -> None:
+        if self._released is None:
+            self._released = trio.Event()
+        await self._released.wait()
+
+    def release(self) -> None:
+        if self._released is not None:
+            self._released.set()
 
 
 class Monitor:
@@ -78,13 +103,13 @@ class Monitor:
         while True:
             if self.exclusive is not None:
                 self.stats.lock_waits += 1
-                await self.exclusive.released.wait()
+                await self.exclusive.wait()
                 continue
             for shard, key in targets:
                 lock = shard.locks.get(key)
                 if lock is not None:
                     self.stats.lock_waits += 1
-                    await lock.released.wait()
+                    await lock.wait()
                     break
             else:
                 return
@@ -94,7 +119,7 @@ class Monitor:
         while self.busy:
             self.stats.lock_waits += 1
             if self.exclusive is not None:
-                await self.exclusive.released.wait()
+                await self.exclusive.wait()
             else:
                 await self._idle.wait()
 
@@ -184,13 +209,13 @@ class Monitor:
         while True:
             if self.exclusive is not None:
                 self.stats.lock_waits += 1
-                await self.exclusive.released.wait()
+                await self.exclusive.wait()
                 continue
             lock = shard.locks.get(key)
             if lock is None:
                 break
             self.stats.lock_waits += 1
-            await lock.released.wait()
+            await lock.wait()
         shard.locks[key] = KeyLock(txid)
         if self.locked == 0:
             self._idle = trio.Event()
@@ -202,8 +227,7 @@ class Monitor:
 
     def _release(self, held: list[Target], exclusive: bool) -> None:
         for shard, key in held:
-            lock = shard.locks.pop(key)
-            lock.released.set()
+            shard.locks.pop(key).release()
         if held:
             self.locked -= len(held)
             if self.locked == 0:
@@ -211,9 +235,11 @@ class Monitor:
         if exclusive and self.exclusive is not None:
             lock = self.exclusive
             self.exclusive = None
-            lock.released.set()
+            lock.release()
 
 
 def _lock_order(targets: list[Target]) -> list[Target]:
+    if len(targets) == 1:
+        return targets
     unique = set(targets)
     return sorted(unique, key=lambda t: (t[0].number, t[0].shard.db, t[1]))

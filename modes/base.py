@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-import attrs
 import structlog
 import trio
 
 from dtm.errors import CommandError, err
+from dtm.monitor import CommitRecord
 from modes.datadir import DataDir, DataDirError
 from modes.snapshots import Snapshotter, restore
 
@@ -28,15 +28,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("dtm.mode")
 
 SAVE_IN_PROGRESS = err("Background save already in progress")
-
-
-@attrs.frozen
-class CommitRecord:
-    txid: int
-    # (database, argv) of every command the transaction runs, in order: replaying them
-    # against the state before the transaction reproduces it exactly.
-    commands: tuple[tuple[int, tuple[bytes, ...]], ...]
-    time_ms: int
 
 
 class DurabilityMode(Protocol):

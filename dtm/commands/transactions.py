@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from dtm import clock
 from dtm.commands.table import Scope, Shard_Key, Spec, command
 from dtm.errors import CommandError, err
+from dtm.monitor import CommitRecord
 from dtm.resp import parse_int
 
 if TYPE_CHECKING:
@@ -109,7 +110,6 @@ def _transaction_targets(
 def commit_record(s: Session, queued: list[tuple[Spec, list[bytes]]]) -> Any:
     """A builder of the mode's CommitRecord (called with the txid once it is known):
     the commands with the database each runs in, following SELECTs inside."""
-    from modes.base import CommitRecord
 
     entries = []
     db = s.db.index
