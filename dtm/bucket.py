@@ -92,6 +92,7 @@ class Slot:
             if at is not None and at <= now_ms():
                 if expire and key not in self.locks:
                     self.delete(key)
+                    self.shard.bucket.expired_keys += 1
                 return None
         return value
 

@@ -63,7 +63,7 @@ def set_(s: Session, argv: list[bytes]) -> Any:
         else:
             raise SYNTAX
         i += 1
-    deadline = None
+    deadline, absolute = None, False
     if expiry is not None:
         unit, absolute = _EXPIRE_UNITS[expiry[0]]
         deadline = expire_deadline(expiry[1], unit, absolute, "set")
@@ -75,8 +75,8 @@ def set_(s: Session, argv: list[bytes]) -> Any:
         slot.store_keep_ttl(key, value)
     else:
         slot.store(key, value, deadline)
-    if deadline is not None and deadline <= clock.now_ms():
-        slot.delete(key)  # an absolute time in the past: set, then expired at once
+    if absolute and deadline is not None and deadline <= clock.now_ms():
+        slot.delete(key)  # EXAT/PXAT in the past: set, then expired at once (a TTL is > 0)
     return old if want_get else "OK"
 
 
@@ -142,12 +142,12 @@ def getex(s: Session, argv: list[bytes]) -> Any:
     value = slot.lookup(key)
     if value is None:  # Redis looks the key up before it validates the expiry
         return None
-    deadline = None
+    deadline, absolute = None, False
     if expiry is not None:
         unit, absolute = _EXPIRE_UNITS[expiry[0]]
         deadline = expire_deadline(expiry[1], unit, absolute, "getex")
     if deadline is not None:
-        if deadline <= clock.now_ms():
+        if absolute and deadline <= clock.now_ms():  # a relative TTL is > 0
             slot.delete(key)
         else:
             slot.set_expire(key, deadline)

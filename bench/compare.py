@@ -1,0 +1,285 @@
+"""``dtm-bench compare``: dtm in every mode and redis-server side by side.
+
+Starts dtm in each mode (fresh temporary data directories; checkpoint every second so
+checkpoints happen during the runs) and, where installed, redis-server without
+persistence and with ``appendfsync always``; runs the same workloads against each in
+alternating rounds; prints a Markdown table, writes it into docs/benchmarks.md (with
+machine, date and command line) and draws PNG charts, plus a client-count sweep of
+binlog against none that shows group commit at work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from bench.runner import BenchError, Plan, run
+from bench.workloads import WORKLOADS, Settings
+
+BEGIN = "<!-- dtm-bench compare: begin -->"
+END = "<!-- dtm-bench compare: end -->"
+
+
+@attrs.define
+class Target:
+    name: str
+    command: list[str]
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _targets(workdir: Path, with_redis: bool) -> list[Target]:
+    dtm = [sys.executable, "-m", "dtm.cli", "serve", "--log-level", "warning"]
+    targets = []
+    for mode, extra in (("none", []), ("binlog", []), ("checkpoint", ["--checkpoint-interval", "1"])):
+        port = _free_port()
+        targets.append(Target(f"dtm {mode}", [*dtm, "--port", str(port), "--mode", mode,
+                                               "--dir", str(workdir / mode), *extra], port))
+    redis = shutil.which("redis-server")
+    if with_redis and redis:
+        for name, extra in (("redis", ["--appendonly", "no"]),
+                            ("redis aof-always", ["--appendonly", "yes", "--appendfsync", "always"])):
+            port = _free_port()
+            directory = workdir / name.replace(" ", "-")
+            directory.mkdir(parents=True, exist_ok=True)
+            targets.append(Target(name, [redis, "--port", str(port), "--save", "", "--dir",
+                                         str(directory), *extra], port))
+    return targets
+
+
+def _start(target: Target) -> None:
+    target.process = subprocess.Popen(target.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if target.process.poll() is not None:
+            raise BenchError(f"{target.name} exited at start (status {target.process.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", target.port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{target.name} did not start listening on port {target.port}")
+
+
+def _stop(target: Target) -> None:
+    if target.process is not None and target.process.poll() is None:
+        target.process.terminate()
+        try:
+            target.process.wait(15)
+        except subprocess.TimeoutExpired:
+            target.process.kill()
+            target.process.wait()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dtm-bench compare", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating the servers' order")
+    parser.add_argument("--sweep", default="1,10,50,100", help="client counts for binlog vs none")
+    parser.add_argument("--sweep-workload", default="trans", choices=WORKLOADS)
+    parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--out-dir", default="docs", help="where the PNG charts go")
+    parser.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file to update ('' for none)")
+    parser.add_argument("--no-redis", action="store_true", help="leave redis-server out")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    workloads = [w for w in args.workloads.split(",") if w]
+    sweep = [int(c) for c in args.sweep.split(",") if c]
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        print(f"dtm-bench compare: error: unknown workloads {sorted(unknown)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="dtm-compare-") as tmp:
+        targets = _targets(Path(tmp), not args.no_redis)
+        try:
+            for target in targets:
+                _start(target)
+            results = _rounds(targets, workloads, args)
+            sweep_results = _sweep(targets, sweep, args)
+        except BenchError as exc:
+            print(f"dtm-bench compare: error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            for target in targets:
+                _stop(target)
+    table = markdown_table(results)
+    sweep_table = markdown_sweep(sweep_results, args.sweep_workload)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    charts = [draw_comparison(results, out_dir / "bench-compare.png"),
+              draw_sweep(sweep_results, args.sweep_workload, out_dir / "bench-sweep.png")]
+    print(table)
+    print()
+    print(sweep_table)
+    for chart in charts:
+        print(f"chart: {chart}")
+    if args.docs:
+        write_docs(Path(args.docs), table, sweep_table, charts, args, argv)
+    errors = sum(r["errors"] for runs in results.values() for r in runs)
+    return 1 if errors else 0
+
+
+def _run_one(target: Target, workload: str, clients: int, args: argparse.Namespace) -> dict[str, Any]:
+    plan = Plan(hosts=[("127.0.0.1", target.port)], clients=clients, seconds=args.seconds,
+                workload=workload, procs=args.procs, warmup=args.warmup, settings=Settings())
+    print(f"{target.name:18s} {workload:8s} {clients:4d} clients ...", end=" ", file=sys.stderr, flush=True)
+    result = run(plan, progress=False)
+    print(f"{result['requests_per_sec']:>12,.0f} req/s", file=sys.stderr)
+    return result
+
+
+def _rounds(targets: list[Target], workloads: list[str], args: argparse.Namespace) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for round_ in range(args.rounds):
+        order = targets if round_ % 2 == 0 else list(reversed(targets))
+        for workload in workloads:
+            for target in order:
+                results.setdefault((workload, target.name), []).append(
+                    _run_one(target, workload, args.clients, args))
+    return results
+
+
+def _sweep(targets: list[Target], counts: list[int], args: argparse.Namespace) -> dict[str, list[tuple[int, float]]]:
+    chosen = [t for t in targets if t.name in ("dtm none", "dtm binlog")]
+    curves: dict[str, list[tuple[int, float]]] = {t.name: [] for t in chosen}
+    for clients in counts:
+        for target in chosen:
+            result = _run_one(target, args.sweep_workload, clients, args)
+            curves[target.name].append((clients, result["requests_per_sec"]))
+    return curves
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def markdown_table(results: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
+    lines = ["| workload | server | requests/s | avg latency ms | p99 ms | max ms | aborts | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (workload, server), runs in results.items():
+        lines.append(
+            f"| {workload} | {server} | {_mean([r['requests_per_sec'] for r in runs]):,.0f} | "
+            f"{_mean([r['average_latency_us'] for r in runs]) / 1000:.3f} | "
+            f"{max(r['p99_us'] for r in runs) / 1000:.3f} | {max(r['max_latency_us'] for r in runs) / 1000:.3f} | "
+            f"{sum(r['aborts'] for r in runs)} | {sum(r['errors'] for r in runs)} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_sweep(curves: dict[str, list[tuple[int, float]]], workload: str) -> str:
+    counts = sorted({c for points in curves.values() for c, _ in points})
+    lines = [f"| {workload}: clients | " + " | ".join(str(c) for c in counts) + " |",
+             "|---|" + "---:|" * len(counts)]
+    for name, points in curves.items():
+        by_count = dict(points)
+        lines.append(f"| {name} | " + " | ".join(f"{by_count.get(c, 0):,.0f}" for c in counts) + " |")
+    return "\n".join(lines)
+
+
+def draw_comparison(results: dict[tuple[str, str], list[dict[str, Any]]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(dict.fromkeys(w for w, _ in results))
+    servers = list(dict.fromkeys(s for _, s in results))
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8))
+    width = 0.8 / max(1, len(servers))
+    for i, server in enumerate(servers):
+        xs = [j + i * width for j in range(len(workloads))]
+        rates = [_mean([r["requests_per_sec"] for r in results.get((w, server), [])]) for w in workloads]
+        p99 = [max([r["p99_us"] for r in results.get((w, server), [])] or [0]) / 1000 for w in workloads]
+        top.bar(xs, rates, width, label=server)
+        bottom.bar(xs, p99, width, label=server)
+    for axis, title in ((top, "throughput (requests/s)"), (bottom, "p99 latency (ms)")):
+        axis.set_xticks([j + width * (len(servers) - 1) / 2 for j in range(len(workloads))], workloads)
+        axis.set_title(title)
+        axis.grid(axis="y", alpha=0.3)
+    top.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def draw_sweep(curves: dict[str, list[tuple[int, float]]], workload: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for name, points in curves.items():
+        axis.plot([c for c, _ in points], [r for _, r in points], marker="o", label=name)
+    axis.set_xlabel("clients")
+    axis.set_ylabel(f"{workload} requests/s")
+    axis.set_title("group commit: throughput against concurrency")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _machine() -> str:
+    memory = ""
+    try:
+        with open("/proc/meminfo") as handle:
+            kib = int(handle.readline().split()[1])
+            memory = f", {kib / 1024 / 1024:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}"
+
+
+def write_docs(path: Path, table: str, sweep_table: str, charts: list[Path],
+               args: argparse.Namespace, argv: list[str]) -> None:
+    images = "\n".join(f"![{c.stem}]({os.path.relpath(c, path.parent)})" for c in charts)
+    section = "\n".join([
+        BEGIN,
+        "## dtm-bench compare (generated)",
+        "",
+        f"Machine: {_machine()}. Date: {date.today().isoformat()}. "
+        f"Command: `dtm-bench compare {' '.join(argv)}` ({args.clients} clients, "
+        f"{args.seconds:g} s per run, {args.rounds} rounds, averaged).",
+        "",
+        table,
+        "",
+        sweep_table,
+        "",
+        images,
+        END,
+    ])
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        before, rest = text.split(BEGIN, 1)
+        text = before + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)

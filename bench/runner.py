@@ -1,0 +1,196 @@
+"""Running a workload: CLIENTS connections to each host for SECONDS (after a warm-up),
+spread over ``procs`` processes so the generator is not the bottleneck, with a live
+progress line on stderr; the per-client histograms and counters are merged at the end."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import socket
+import sys
+import time
+from typing import Any
+
+import attrs
+import trio
+
+from bench.client import BenchClient
+from bench.histogram import Histogram
+from bench.workloads import (
+    LOOPS,
+    ClientStats,
+    Recorder,
+    Settings,
+    bank_setup,
+    bank_total,
+    run_client,
+    summarize,
+)
+
+Host = tuple[str, int]
+
+
+class BenchError(Exception):
+    """The run cannot start (a host is unreachable, bad arguments)."""
+
+
+@attrs.define
+class Plan:
+    hosts: list[Host]
+    clients: int
+    seconds: float
+    workload: str
+    settings: Settings = attrs.Factory(Settings)
+    procs: int = 1
+    warmup: float = 0.0
+
+
+def parse_hosts(text: str) -> list[Host]:
+    hosts = []
+    for part in text.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise BenchError(f"bad host {part!r}: expected HOST:PORT")
+        hosts.append((host, int(port)))
+    return hosts
+
+
+def check_reachable(hosts: list[Host]) -> None:
+    for host, port in hosts:
+        try:
+            with socket.create_connection((host, port), timeout=3):
+                pass
+        except OSError as exc:
+            raise BenchError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def _for_each_host(hosts: list[Host], action: Any) -> list[Any]:
+    results = []
+    for host, port in hosts:
+        client = await BenchClient.connect(host, port)
+        try:
+            results.append(await action(client))
+        finally:
+            await client.aclose()
+    return results
+
+
+def _assignments(plan: Plan) -> list[list[tuple[Host, int]]]:
+    """Which (host, client index) each process runs."""
+    procs = max(1, min(plan.procs, plan.clients * len(plan.hosts)))
+    work: list[list[tuple[Host, int]]] = [[] for _ in range(procs)]
+    n = 0
+    for host in plan.hosts:
+        for index in range(plan.clients):
+            work[n % procs].append((host, index))
+            n += 1
+    return work
+
+
+async def _run_clients(plan: Plan, work: list[tuple[Host, int]], start_wall: float,
+                       counter: Any) -> ClientStats:
+    loop = LOOPS[plan.workload]
+    start = time.monotonic() + max(0.0, start_wall - time.time())
+    measure_from = start + plan.warmup
+    deadline = measure_from + plan.seconds
+    stats = [ClientStats() for _ in work]
+    await trio.sleep_until(start)
+    async with trio.open_nursery() as nursery:
+        for (host, index), client_stats in zip(work, stats):
+            rng = random.Random(hash((plan.settings.seed, host, index)))
+            recorder = Recorder(client_stats, measure_from)
+            nursery.start_soon(run_client, loop, host[0], host[1], recorder, plan.settings, deadline, rng)
+        if counter is not None:
+            nursery.start_soon(_publish, stats, counter, deadline)
+    merged = ClientStats()
+    for client_stats in stats:
+        merged.histogram.merge(client_stats.histogram)
+        merged.requests += client_stats.requests
+        merged.aborts += client_stats.aborts
+        merged.errors += client_stats.errors
+        merged.error_samples += client_stats.error_samples[: 5 - len(merged.error_samples)]
+    return merged
+
+
+async def _publish(stats: list[ClientStats], counter: Any, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        counter.value = sum(s.requests for s in stats)
+        await trio.sleep(0.2)
+    counter.value = sum(s.requests for s in stats)
+
+
+def _process_main(plan: Plan, work: list[tuple[Host, int]], start_wall: float, counter: Any,
+                  results: Any) -> None:
+    merged = trio.run(_run_clients, plan, work, start_wall, counter)
+    results.send({"histogram": merged.histogram.to_state(), "requests": merged.requests,
+                  "aborts": merged.aborts, "errors": merged.errors, "samples": merged.error_samples})
+    results.close()
+
+
+def run(plan: Plan, *, progress: bool = True) -> dict[str, Any]:
+    """Run plan and return its summary (the fields dtm-bench prints)."""
+    if plan.workload not in LOOPS:
+        raise BenchError(f"unknown workload {plan.workload!r} (choose from {', '.join(LOOPS)})")
+    check_reachable(plan.hosts)
+    initial_totals: list[int] = []
+    if plan.workload == "bank":
+        trio.run(_for_each_host, plan.hosts, bank_setup)
+        initial_totals = trio.run(_for_each_host, plan.hosts, bank_total)
+    context = multiprocessing.get_context("fork")
+    start_wall = time.time() + 0.3
+    workers = []
+    for work in _assignments(plan):
+        counter = context.Value("q", 0, lock=False)
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_process_main, args=(plan, work, start_wall, counter, sender))
+        process.start()
+        sender.close()
+        workers.append((process, counter, receiver))
+    _show_progress(plan, workers, start_wall, progress)
+    merged = ClientStats()
+    for process, _, receiver in workers:
+        try:
+            state = receiver.recv()
+        except EOFError:
+            merged.error("a load-generator process died")
+            continue
+        finally:
+            process.join()
+        merged.histogram.merge(Histogram.from_state(state["histogram"]))
+        merged.requests += state["requests"]
+        merged.aborts += state["aborts"]
+        merged.errors += state["errors"]
+        merged.error_samples += state["samples"][: 5 - len(merged.error_samples)]
+    summary = summarize(merged, plan.seconds)
+    summary.update(workload=plan.workload, hosts=[f"{h}:{p}" for h, p in plan.hosts],
+                   clients_per_host=plan.clients, pipeline=plan.settings.pipeline,
+                   procs=len(workers))
+    if plan.workload == "bank":
+        final = trio.run(_for_each_host, plan.hosts, bank_total)
+        summary["bank_total_expected"] = initial_totals
+        summary["bank_total_found"] = final
+        summary["bank_total_ok"] = final == initial_totals
+        if final != initial_totals:
+            summary["errors"] += 1
+            summary["error_samples"].append(f"bank total changed: {initial_totals} -> {final}")
+    return summary
+
+
+def _show_progress(plan: Plan, workers: list[Any], start_wall: float, enabled: bool) -> None:
+    end = start_wall + plan.warmup + plan.seconds
+    last_count, last_time = 0, time.time()
+    while any(process.is_alive() for process, _, _ in workers):
+        time.sleep(0.5)
+        if not enabled:
+            continue
+        now = time.time()
+        count = sum(counter.value for _, counter, _ in workers)
+        rate = (count - last_count) / (now - last_time) if now > last_time else 0.0
+        phase = "warm-up" if now < start_wall + plan.warmup else "measuring"
+        elapsed = max(0.0, min(now, end) - start_wall)
+        sys.stderr.write(f"\r{plan.workload}: {phase} {elapsed:5.1f}s  {rate:12,.0f} req/s  "
+                         f"{count:12,d} requests ")
+        sys.stderr.flush()
+        last_count, last_time = count, now
+    if enabled:
+        sys.stderr.write("\n")
