@@ -186,7 +186,10 @@ class Monitor:
                 return self._abort(txid)
             if needs_decision:
                 assert record is not None
-                await self.mode.commit(record(txid))
+                # Once the decision is being recorded the transaction must be applied
+                # (or fail as a whole): a kill arriving now takes effect afterwards.
+                with trio.CancelScope(shield=True):
+                    await self.mode.commit(record(txid))
             return self._finish(apply, watch, cross=cross)
         finally:
             self._release(held, exclusive)

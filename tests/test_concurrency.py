@@ -193,3 +193,24 @@ async def test_disconnect_inside_multi_applies_nothing_and_drops_watches() -> No
             assert await check.call("EXISTS", "z:1") == 0
             assert all(not slot.watchers for view in server.keyspace.views() for slot in view.table)
             nursery.cancel_scope.cancel()
+
+
+async def test_client_killed_while_its_decision_is_recorded_still_commits(tmp_path) -> None:
+    """The record reached the mode, so the change must be applied too: memory and the
+    durable record never disagree."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            mode = GatedMode(str(tmp_path))
+            server = await start_server(nursery, buckets=8, mode_object=mode)
+            victim = await RawClient.connect(server.port)
+            victim_id = await victim.call("CLIENT", "ID")
+            await victim.send("MSET", "d:1", "decided", "d:2", "decided")
+            await mode.arrived.wait()
+            killer = await RawClient.connect(server.port)
+            assert await killer.call("CLIENT", "KILL", "ID", victim_id) == 1
+            mode.gate.set()
+            assert await victim.closed()
+            assert len(mode.records) == 1
+            assert await killer.call("MGET", "d:1", "d:2") == [b"decided", b"decided"]
+            assert server.monitor.locked == 0
+            nursery.cancel_scope.cancel()
