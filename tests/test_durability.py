@@ -402,3 +402,58 @@ async def test_crash_in_the_middle_of_a_checkpoint_leaves_the_previous_one_curre
     restarted = recovered(directory, "checkpoint")
     assert (value(restarted, "a"), value(restarted, "b")) == (b"1", b"1")
     assert check(str(directory)).problems == 0
+
+
+# ------------------------------------------------------------ compaction, everysec
+
+
+async def _info(client: RawClient, field: str) -> str:
+    text = (await client.call("INFO", "persistence")).decode()
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)[field]
+
+
+async def test_binlog_compaction_keeps_every_write_across_the_log_switch(tmp_path: Path) -> None:
+    directory = tmp_path / "data"
+    big = "x" * 20_000
+    with trio.fail_after(30):
+        async with trio.open_nursery() as crash:
+            server = await start_server(crash, mode="binlog", dir=str(directory), binlog_max_mb=1)
+            clients = [await RawClient.connect(server.port) for _ in range(4)]
+
+            async def writer(client: RawClient, n: int) -> None:
+                for i in range(40):
+                    assert await client.call("SET", f"w{n}:{i}", big) == b"OK"
+                    assert await client.call("INCR", f"count:{n}") == i + 1
+
+            async with trio.open_nursery() as writers:  # ~3 MB: compacts at least twice
+                for n, client in enumerate(clients):
+                    writers.start_soon(writer, client, n)
+            while int(await _info(clients[0], "binlog_compactions")) < 2:
+                await trio.sleep(0.05)
+            assert await clients[0].call("SET", "after", "compaction") == b"OK"
+            crash.cancel_scope.cancel()
+    assert len(list((directory / "binlog").glob("*.log"))) <= 2  # old logs are removed
+    restored = recovered(directory)
+    for n in range(4):
+        assert value(restored, f"count:{n}") == b"40"
+        assert all(value(restored, f"w{n}:{i}") == big.encode() for i in range(40))
+    assert value(restored, "after") == b"compaction"
+
+
+async def test_fsync_everysec_syncs_within_a_second(tmp_path: Path) -> None:
+    ops = LossyOps()
+    directory = tmp_path / "data"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as crash:
+            mode = create_mode(config_for(directory, "binlog", fsync="everysec"), ops)
+            server = await start_server(crash, mode="binlog", dir=str(directory), fsync="everysec",
+                                        mode_object=mode)
+            client = await RawClient.connect(server.port)
+            for i in range(100):
+                assert await client.call("SET", f"k{i}", "v") == b"OK"
+            while await _info(client, "binlog_synced_size") != await _info(client, "binlog_current_size"):
+                await trio.sleep(0.05)
+            crash.cancel_scope.cancel()
+    ops.lose_unsynced()
+    restored = recovered(directory)
+    assert all(value(restored, f"k{i}") == b"v" for i in range(100))
