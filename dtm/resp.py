@@ -324,10 +324,11 @@ class HiredisParser:
                 return
             if command is False:
                 break
-            if command.__class__ is not list or not command or not _all_bulk(command):
+            size = _wire_size(command) if command.__class__ is list else -1
+            if size < 0:
                 self._fall_back(first_new)
                 return
-            consumed += _wire_size(command)
+            consumed += size
             ready.append(command)
         # hiredis consumes the headers of an incomplete request without saying so: the
         # batch ended on a boundary only if what it returned covers the whole buffer.
@@ -361,21 +362,19 @@ def _take(parser: PureParser | HiredisParser) -> list[Command]:
     return commands
 
 
-def _wire_size(command: list[bytes]) -> int:
-    """Bytes of the canonical multibulk encoding of command."""
+def _wire_size(command: list[Any]) -> int:
+    """Bytes of the canonical multibulk encoding of command; -1 if it is empty or holds
+    anything but bulk strings (Redis refuses those: the pure parser says how)."""
     count = len(command)
+    if not count:
+        return -1
     size = 3 + (1 if count < 10 else len(b"%d" % count))
     for arg in command:
+        if arg.__class__ is not bytes:
+            return -1
         n = len(arg)
         size += n + 5 + (1 if n < 10 else 2 if n < 100 else len(b"%d" % n))
     return size
-
-
-def _all_bulk(command: list[Any]) -> bool:
-    for arg in command:
-        if arg.__class__ is not bytes:
-            return False
-    return True
 
 
 def make_parser(limits: Limits | None = None, *, accelerated: bool = True) -> RequestParser:

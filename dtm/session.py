@@ -110,27 +110,29 @@ class Session:
             plain = self.authenticated and not self.in_multi and not monitor.busy
             spec = None
             for argv in batch:
-                if self.close_after_reply:
-                    break
                 spec = lookup(argv[0])
+                # fast_arity is set only on specs allowed on the fast path
+                arity = spec.fast_arity if spec is not None else None
                 if (
                     plain
-                    and spec is not None
-                    and spec.fast
-                    and (len(argv) == spec.arity if spec.arity >= 0 else len(argv) >= -spec.arity)
-                    and not (durable and spec.writes)
+                    and arity is not None
+                    and (len(argv) == arity if arity >= 0 else len(argv) >= -arity)
+                    and not (durable and spec.writes)  # type: ignore[union-attr]
                 ):
                     try:
-                        reply = spec.handler(self, argv)  # type: ignore[misc]
+                        reply = spec.handler(self, argv)  # type: ignore[union-attr,misc]
                     except CommandError as exc:
                         reply = exc
                     except Exception as exc:  # a bug must not take the server down
                         reply = self._internal_error(exc, argv)
-                else:
-                    reply = await self.execute(argv)
-                    proto = self.proto
-                    plain = self.authenticated and not self.in_multi and not monitor.busy
-                append(encode(reply, proto))
+                    append(encode(reply, proto))
+                    continue
+                reply = await self.execute(argv)
+                append(encode(reply, self.proto))
+                if self.close_after_reply:
+                    break  # QUIT, a protocol-level close: the rest of the batch is dropped
+                proto = self.proto
+                plain = self.authenticated and not self.in_multi and not monitor.busy
             if spec is not None:
                 self.last_command = spec.fullname
         return b"".join(replies)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from binascii import crc_hqx
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -34,14 +35,23 @@ def _check_length(s: Session, length: int) -> None:
 
 @command("get", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Get the value of a key")
 def get(s: Session, argv: list[bytes]) -> Any:
-    return s.db.get(argv[1])
+    key = argv[1]
+    if b"{" in key:
+        return s.db.get(key)
+    # the hottest path there is: DbView.get and Slot.lookup, inlined
+    slot = s.db.table[crc_hqx(key, 0) & 16383]
+    value = slot.data.get(key)
+    if value is not None and slot.expires:
+        return slot.lookup(key)
+    return value
 
 
 @command("set", -3, "write denyoom", keys=(1, 1, 1), group=GROUP, summary="Set the string value of a key")
 def set_(s: Session, argv: list[bytes]) -> Any:
     key, value = argv[1], argv[2]
     if len(argv) == 3:  # the common case, kept short
-        s.db.slot(key).store(key, value)
+        slot = s.db.table[crc_hqx(key, 0) & 16383] if b"{" not in key else s.db.slot(key)
+        slot.store(key, value)
         return "OK"
     nx = xx = want_get = keep_ttl = False
     expiry: tuple[bytes, bytes] | None = None

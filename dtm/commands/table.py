@@ -51,8 +51,10 @@ class Spec:
     subcommands: dict[bytes, Spec] = attrs.field(factory=dict)
     # Never on the session's fast path: spans buckets, or awaits.
     guarded: bool = False
-    # May run as a plain call in the session's read loop (see Session._run_batch).
+    # May run as a plain call in the session's read loop (see Session._run_batch):
+    # then fast_arity is the arity, else None (one attribute read on the hot path).
     fast: bool = False
+    fast_arity: int | None = None
 
     @property
     def fullname(self) -> str:
@@ -116,6 +118,7 @@ def command(
         scope_ = scope or (Scope.KEYS if first else Scope.NONE)
         is_async = inspect.iscoroutinefunction(handler)
         guarded = is_async or (scope_ is Scope.KEYS and last != first) or targets is not None
+        fast = parent is None and not guarded and name not in SESSION_STATE
         spec = Spec(
             name=name,
             arity=arity,
@@ -130,7 +133,8 @@ def command(
             scope=scope_,
             asynchronous=is_async,
             guarded=guarded,
-            fast=parent is None and not guarded and name not in SESSION_STATE,
+            fast=fast,
+            fast_arity=arity if fast else None,
             parent=parent.name if parent else None,
             targets_fn=targets,
         )
