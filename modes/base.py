@@ -12,6 +12,7 @@ Every mode can take snapshots (SAVE, BGSAVE) and loads the current one at start-
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -78,12 +79,14 @@ class SnapshottingMode:
     def recover(self, server: Server) -> None:
         if not self.datadir.has_format():
             return  # never written by dtm: nothing to load (SAVE creates it)
+        started = time.perf_counter()
         self.datadir.prepare()
         manifest = self.datadir.load_manifest()
         self._after_manifest(manifest)
         if manifest is not None:
             self.recovered_keys = restore(self.datadir, server.keyspace, manifest)
-            log.info("snapshot loaded", seq=manifest["seq"], keys=self.recovered_keys)
+            log.info("snapshot loaded", seq=manifest["seq"], keys=self.recovered_keys,
+                     seconds=round(time.perf_counter() - started, 3))
 
     def _after_manifest(self, manifest: dict[str, Any] | None) -> None:
         seqs = self.datadir.snapshot_seqs() + self.datadir.log_seqs()

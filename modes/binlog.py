@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("dtm.binlog")
 
 RETRY_PERIOD = 1.0
+PROGRESS_RECORDS = 500_000  # a start-up progress line every this many records
 # Syncs faster than this run in the event loop; slower ones move to a worker thread.
 INLINE_SYNC_LIMIT = 0.001
 
@@ -110,9 +111,9 @@ class BinlogMode(SnapshottingMode):
                 self._truncate_file(path, result.good_end)
             for record in records:
                 apply_record(session, record)
-            self.replayed += len(records)
-            if len(records) > 100_000:
-                log.info("replaying binlog", file=str(path), records=len(records))
+                self.replayed += 1
+                if self.replayed % PROGRESS_RECORDS == 0:
+                    log.info("replaying binlog", file=str(path), records=self.replayed)
         if seqs:
             self._open_log(seqs[-1])
         else:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("dtm.snapshot")
 
+PROGRESS_KEYS = 1_000_000  # a start-up progress line every this many keys
+
 # db -> (the slot dicts that hold keys, the shard's deadlines)
 BucketCut = list[tuple[int, list[dict[bytes, bytes]], dict[bytes, int]]]
 
@@ -166,6 +168,6 @@ def restore(datadir: DataDir, keyspace: Keyspace, manifest: dict[str, Any]) -> i
                 continue
             keyspace.view(db).slot(key).store(key, value, deadline)
             loaded += 1
-        if len(manifest["files"]) > 4 and index % 4 == 3:
-            log.info("loading snapshot", files_done=index + 1, files=len(manifest["files"]), keys=loaded)
+            if loaded % PROGRESS_KEYS == 0:
+                log.info("loading snapshot", keys=loaded, files_done=index, files=len(manifest["files"]))
     return loaded
