@@ -186,10 +186,9 @@ class Monitor:
                 return self._abort(txid)
             if needs_decision:
                 assert record is not None
-                # Once the decision is being recorded the transaction must be applied
-                # (or fail as a whole): a kill arriving now takes effect afterwards.
-                with trio.CancelScope(shield=True):
-                    await self.mode.commit(record(txid))
+                # The mode's commit is not cancellable once it has taken the record (its
+                # contract): the transaction is then applied, or fails as a whole.
+                await self.mode.commit(record(txid))
             return self._finish(apply, watch, cross=cross)
         finally:
             self._release(held, exclusive)

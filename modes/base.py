@@ -41,7 +41,9 @@ class DurabilityMode(Protocol):
 
     async def commit(self, record: CommitRecord) -> None:
         """Return once record is durable (awaited only when waits_for_commit); raise
-        CommandError if it cannot be made durable: then nothing is applied."""
+        CommandError if it cannot be made durable: then nothing is applied. Once the
+        record is accepted the wait must not be cancellable (the caller applies the
+        change right after), so that memory and the durable log never disagree."""
         ...
 
     async def run(self, server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -46,12 +46,24 @@ INLINE_SYNC_LIMIT = 0.001
 
 
 class Batch:
-    __slots__ = ("items", "done", "error")
+    __slots__ = ("items", "waiters", "error")
 
     def __init__(self) -> None:
         self.items: list[bytes] = []
-        self.done = trio.Event()
+        self.waiters: list[trio.lowlevel.Task] = []
         self.error: str | None = None
+
+    def finish(self, error: str | None) -> None:
+        self.error = error
+        for task in self.waiters:
+            trio.lowlevel.reschedule(task)
+        self.waiters = []
+
+
+def _refuse_cancel(raise_cancel: object) -> trio.lowlevel.Abort:
+    # A transaction whose record is queued must learn whether it was made durable: a
+    # cancel (CLIENT KILL, shutdown) is delivered at its next checkpoint instead.
+    return trio.lowlevel.Abort.FAILED
 
 
 class BinlogMode(SnapshottingMode):
@@ -154,7 +166,8 @@ class BinlogMode(SnapshottingMode):
         batch.items.append(encode_record(record.txid, record.time_ms, record.commands))
         self._work.set()
         if self.fsync_always:
-            await batch.done.wait()
+            batch.waiters.append(trio.lowlevel.current_task())
+            await trio.lowlevel.wait_task_rescheduled(_refuse_cancel)
             if batch.error is not None:
                 raise misconf(batch.error)
 
@@ -168,15 +181,20 @@ class BinlogMode(SnapshottingMode):
         await trio.sleep_forever()
 
     async def _writer(self) -> None:
-        while True:
-            await self._work.wait()
-            await trio.sleep(0)  # one scheduling round: let every ready session queue
-            self._work = trio.Event()
-            while self._batch.items:
-                async with self._file_lock:
-                    await self._write_batch()
-                if self.size > self.max_bytes:
-                    self._compact_wanted.set()
+        try:
+            while True:
+                await self._work.wait()
+                await trio.sleep(0)  # one scheduling round: let every ready session queue
+                self._work = trio.Event()
+                while self._batch.items:
+                    async with self._file_lock:
+                        await self._write_batch()
+                    if self.size > self.max_bytes:
+                        self._compact_wanted.set()
+        finally:
+            # Stopped (server exit, or a crash simulated by cancelling): what is queued
+            # was not made durable, so its transactions fail rather than wait forever.
+            self._batch.finish("the server is stopping")
 
     async def _write_batch(self) -> None:
         """Write (and, with fsync always, sync) the queued records; caller holds the lock."""
@@ -195,8 +213,7 @@ class BinlogMode(SnapshottingMode):
                 if self.fsync_always:
                     self.synced_size = self.size
                     self.syncs += 1
-        batch.error = self.error
-        batch.done.set()
+        batch.finish(self.error)
 
     async def _append_adaptively(self, data: bytes) -> None:
         """Write and sync in the event loop while the disk syncs fast (as Redis does: a

@@ -127,7 +127,8 @@ class GatedMode(SnapshottingMode):
     async def commit(self, record: CommitRecord) -> None:
         self.records.append(record)
         self.arrived.set()
-        await self.gate.wait()
+        with trio.CancelScope(shield=True):  # the mode contract: uncancellable once taken
+            await self.gate.wait()
 
 
 async def test_a_command_meeting_a_locked_key_waits_for_the_commit(tmp_path) -> None:

@@ -457,3 +457,33 @@ async def test_fsync_everysec_syncs_within_a_second(tmp_path: Path) -> None:
     ops.lose_unsynced()
     restored = recovered(directory)
     assert all(value(restored, f"k{i}") == b"v" for i in range(100))
+
+
+async def test_client_killed_during_its_sync_is_applied_in_memory_and_on_disk(tmp_path: Path) -> None:
+    class SlowSyncOps(FileOps):
+        delay = 0.0
+
+        def fdatasync(self, fd: int) -> None:
+            time.sleep(self.delay)
+            super().fdatasync(fd)
+
+    ops = SlowSyncOps()
+    directory = tmp_path / "data"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as crash:
+            mode = create_mode(config_for(directory, "binlog"), ops)
+            server = await start_server(crash, mode="binlog", dir=str(directory), mode_object=mode)
+            victim = await RawClient.connect(server.port)
+            killer = await RawClient.connect(server.port)
+            victim_id = await victim.call("CLIENT", "ID")
+            ops.delay = 0.3
+            assert await victim.call("SET", "warm", "up") == b"OK"  # slow: syncs move to a thread
+            assert await _info(killer, "binlog_sync_in_thread") == "1"
+            await victim.send("SET", "k", "decided")
+            while server.monitor.locked == 0:
+                await trio.sleep(0.01)
+            assert await killer.call("CLIENT", "KILL", "ID", victim_id) == 1
+            assert await victim.closed()
+            assert await killer.call("GET", "k") == b"decided"
+            crash.cancel_scope.cancel()
+    assert value(recovered(directory), "k") == b"decided"
