@@ -96,7 +96,7 @@ async def _run_clients(plan: Plan, work: list[tuple[Host, int]], start_wall: flo
     stats = [ClientStats() for _ in work]
     await trio.sleep_until(start)
     async with trio.open_nursery() as nursery:
-        for (host, index), client_stats in zip(work, stats):
+        for (host, index), client_stats in zip(work, stats, strict=True):
             rng = random.Random(hash((plan.settings.seed, host, index)))
             recorder = Recorder(client_stats, measure_from)
             nursery.start_soon(run_client, loop, host[0], host[1], recorder, plan.settings, deadline, rng)

@@ -30,7 +30,7 @@ async def test_bank_transfers_keep_the_total_and_mget_never_sees_a_torn_sum() ->
                 for _ in range(60):
                     src, dst = rng.sample(ACCOUNTS, 2)
                     await client.call("WATCH", src, dst)
-                    balance = int(await client.call("GET", src))
+                    await client.call("GET", src)
                     amount = rng.randint(1, 10)
                     await client.call("MULTI")
                     await client.call("DECRBY", src, amount)
@@ -38,7 +38,6 @@ async def test_bank_transfers_keep_the_total_and_mget_never_sees_a_torn_sum() ->
                     result = await client.call("EXEC")
                     if result is not None:
                         committed += 1
-                    assert balance >= 0 or True
                 await client.aclose()
 
             async def audit() -> None:

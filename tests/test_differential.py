@@ -82,7 +82,7 @@ def test_random_sequences_match_redis(seed: int, dtm_server, redis_server: int) 
     theirs.flushall()
     dtm_replies = run(ours, commands)
     redis_replies = run(theirs, commands)
-    for command, mine, reference in zip(commands, dtm_replies, redis_replies):
+    for command, mine, reference in zip(commands, dtm_replies, redis_replies, strict=True):
         assert mine == reference, f"{command}: dtm {mine!r} != redis {reference!r}"
     ours.close()
     theirs.close()
