@@ -81,18 +81,21 @@ class SnapshottingMode:
     def recover(self, server: Server) -> None:
         if not self.datadir.has_format():
             return  # never written by dtm: nothing to load (SAVE creates it)
+        self.load_snapshot(server)
+
+    def load_snapshot(self, server: Server) -> dict[str, Any] | None:
+        """Prepare the directory and load its current snapshot (if any) into the
+        keyspace; returns the manifest, which says which log follows it."""
         started = time.perf_counter()
         self.datadir.prepare()
         manifest = self.datadir.load_manifest()
-        self._after_manifest(manifest)
+        seqs = self.datadir.snapshot_seqs() + self.datadir.log_seqs()
+        self.snapshotter.next_seq = max(seqs, default=0) + 1
         if manifest is not None:
             self.recovered_keys = restore(self.datadir, server.keyspace, manifest)
             log.info("snapshot loaded", seq=manifest["seq"], keys=self.recovered_keys,
                      seconds=round(time.perf_counter() - started, 3))
-
-    def _after_manifest(self, manifest: dict[str, Any] | None) -> None:
-        seqs = self.datadir.snapshot_seqs() + self.datadir.log_seqs()
-        self.snapshotter.next_seq = max(seqs, default=0) + 1
+        return manifest
 
     async def commit(self, record: CommitRecord) -> None:
         return None

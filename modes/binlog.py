@@ -96,13 +96,7 @@ class BinlogMode(SnapshottingMode):
 
     def recover(self, server: Server) -> None:
         started = time.perf_counter()
-        self.datadir.prepare()
-        manifest = self.datadir.load_manifest()
-        self._after_manifest(manifest)
-        if manifest is not None:
-            from modes.snapshots import restore
-
-            self.recovered_keys = restore(self.datadir, server.keyspace, manifest)
+        manifest = self.load_snapshot(server)
         first = manifest["log"] if manifest is not None and manifest["log"] is not None else 0
         seqs = [seq for seq in self.datadir.log_seqs() if seq >= first]
         session = ReplaySession(server)

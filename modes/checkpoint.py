@@ -29,8 +29,7 @@ class CheckpointMode(SnapshottingMode):
         self.interval = interval
 
     def recover(self, server: Server) -> None:
-        self.datadir.prepare()
-        super().recover(server)
+        self.load_snapshot(server)  # creates the directory on first start
 
     async def background(self, server: Server) -> None:
         while True:
