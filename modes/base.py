@@ -50,8 +50,9 @@ class DurabilityMode(Protocol):
         """The mode's background tasks (group-commit writer, checkpoint coordinator)."""
         ...
 
-    async def save(self, server: Server, *, background: bool) -> None:
-        """SAVE (wait for it) or BGSAVE (start it); CommandError if one is running."""
+    async def save(self, server: Server, *, background: bool, schedule: bool = False) -> bool:
+        """SAVE (wait for it) or BGSAVE (start it); CommandError if one is running,
+        unless schedule (BGSAVE SCHEDULE): then it runs after, and False is returned."""
         ...
 
     async def shutdown(self, server: Server, *, save: bool | None) -> None:
@@ -126,18 +127,31 @@ class SnapshottingMode:
             self.saving = False
         return True
 
-    async def save(self, server: Server, *, background: bool) -> None:
+    async def save(self, server: Server, *, background: bool, schedule: bool = False) -> bool:
+        """SAVE, or BGSAVE [SCHEDULE]; False when a BGSAVE SCHEDULE was deferred until
+        the running save ends."""
         if self.saving:
+            if background and schedule:
+                assert self._background is not None
+                self._background.start_soon(self._save_when_free, server)
+                return False
             raise SAVE_IN_PROGRESS
         if background:
             assert self._background is not None
             self.saving = True  # claimed now, so a second BGSAVE is refused at once
             self._background.start_soon(self._background_save, server)
-            return
+            return True
         try:
             await self.take_snapshot(server)
         except (OSError, DataDirError) as exc:
             raise err(f"snapshot failed: {exc}") from None
+        return True
+
+    async def _save_when_free(self, server: Server) -> None:
+        while self.saving:
+            await trio.sleep(0.05)
+        self.saving = True
+        await self._background_save(server)
 
     async def _background_save(self, server: Server) -> None:
         try:

@@ -244,6 +244,11 @@ def test_bgsave_while_one_runs_is_refused(dtm_server: DtmProcess) -> None:
             replies.append(str(exc))
     assert replies[0] is True
     assert "Background save already in progress" in replies or replies == [True, True]
+    conn = client.connection_pool.get_connection()
+    conn.send_command("BGSAVE", "SCHEDULE")
+    scheduled = conn.read_response()
+    client.connection_pool.release(conn)
+    assert scheduled in (b"Background saving started", b"Background saving scheduled")
     deadline = time.monotonic() + 10
     while client.info("persistence")["rdb_bgsave_in_progress"] and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -360,8 +360,8 @@ async def save(s: Session, argv: list[bytes]) -> Any:
 async def bgsave(s: Session, argv: list[bytes]) -> Any:
     if len(argv) > 2 or (len(argv) == 2 and argv[1].lower() != b"schedule"):
         raise SYNTAX
-    await s.server.mode.save(s.server, background=True)
-    return "Background saving started"
+    started = await s.server.mode.save(s.server, background=True, schedule=len(argv) == 2)
+    return "Background saving started" if started else "Background saving scheduled"
 
 
 @command("lastsave", 1, "loading stale fast", group=GROUP, summary="Time of the last successful snapshot", since="1.0.0")
