@@ -30,7 +30,6 @@ def _replies(reader: hiredis.Reader) -> bytes:
 
 async def _serve_raw(port: int) -> None:
     (listener,) = netio.open_listeners("127.0.0.1", port)
-    reactor = netio.Reactor()
 
     async def client(conn: netio.Connection) -> None:
         reader = hiredis.Reader()
@@ -45,9 +44,8 @@ async def _serve_raw(port: int) -> None:
             conn.close()
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(reactor.run)
         while True:
-            nursery.start_soon(client, netio.Connection(await netio.accept(listener), reactor))
+            nursery.start_soon(client, netio.Connection(await netio.accept(listener)))
 
 
 async def _serve_streams(port: int) -> None:
@@ -55,7 +53,7 @@ async def _serve_streams(port: int) -> None:
         reader = hiredis.Reader()
         try:
             async for data in stream:
-                reader.feed(bytes(data))
+                reader.feed(data)
                 if out := _replies(reader):
                     await stream.send_all(out)
         except trio.BrokenResourceError:

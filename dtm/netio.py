@@ -11,7 +11,6 @@ client cannot starve the others. Cancellation still works: waits are checkpoints
 from __future__ import annotations
 
 import errno
-import select
 import socket
 from typing import Any
 
@@ -21,70 +20,14 @@ import trio
 READS_BEFORE_YIELD = 8
 
 
-class Reactor:
-    """One edge-triggered epoll set for every client socket, watched by one task.
-
-    Trio re-arms its own epoll registration for every wait (an epoll_ctl call per
-    read); here a socket is registered once, and a single task waits for the epoll fd
-    and reschedules the sessions whose sockets got data. An edge that arrives while its
-    session is busy is remembered in ``ready``, so the next wait returns at once.
-    """
-
-    def __init__(self) -> None:
-        self.epoll = select.epoll()
-        self.waiting: dict[int, trio.lowlevel.Task] = {}
-        self.ready: set[int] = set()
-
-    def register(self, fd: int) -> None:
-        self.epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
-
-    def unregister(self, fd: int) -> None:
-        self.waiting.pop(fd, None)
-        self.ready.discard(fd)
-        try:
-            self.epoll.unregister(fd)
-        except (OSError, ValueError):
-            pass
-
-    async def wait_readable(self, fd: int) -> None:
-        if fd in self.ready:
-            self.ready.discard(fd)
-            return
-        self.waiting[fd] = trio.lowlevel.current_task()
-
-        def abort(raise_cancel: object) -> trio.lowlevel.Abort:
-            self.waiting.pop(fd, None)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        try:
-            while True:
-                await trio.lowlevel.wait_readable(self.epoll.fileno())
-                for fd, _ in self.epoll.poll(0):
-                    task = self.waiting.pop(fd, None)
-                    if task is None:
-                        self.ready.add(fd)
-                    else:
-                        trio.lowlevel.reschedule(task)
-        finally:
-            self.epoll.close()
-
-
 class Connection:
-    __slots__ = ("sock", "_reads_without_wait", "_drained", "_reactor", "_fd")
+    __slots__ = ("sock", "_reads_without_wait", "_drained")
 
-    def __init__(self, sock: socket.socket, reactor: Reactor | None = None) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
-        self._fd = sock.fileno()
-        self._reactor = reactor
-        if reactor is not None:
-            reactor.register(self._fd)
         self._reads_without_wait = 0
         # The last read returned less than asked: the kernel buffer was empty then, and
         # a client that waits for its replies has sent nothing since, so a read now
@@ -95,13 +38,13 @@ class Connection:
         """The next bytes from the peer; b"" once it has closed."""
         if self._drained:
             self._reads_without_wait = 0
-            await self._wait_readable()
+            await trio.lowlevel.wait_readable(self.sock)
         while True:
             try:
                 data = self.sock.recv(max_bytes)
             except (BlockingIOError, InterruptedError):
                 self._reads_without_wait = 0
-                await self._wait_readable()
+                await trio.lowlevel.wait_readable(self.sock)
                 continue
             self._drained = len(data) < max_bytes
             self._reads_without_wait += 1
@@ -109,12 +52,6 @@ class Connection:
                 self._reads_without_wait = 0
                 await trio.lowlevel.checkpoint()
             return data
-
-    async def _wait_readable(self) -> None:
-        if self._reactor is not None:
-            await self._reactor.wait_readable(self._fd)
-        else:
-            await trio.lowlevel.wait_readable(self.sock)
 
     async def send_all(self, data: bytes) -> None:
         sent = self._send_some(data, 0)
@@ -139,8 +76,6 @@ class Connection:
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:
-            if self._reactor is not None:
-                self._reactor.unregister(self._fd)
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 

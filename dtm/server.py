@@ -58,7 +58,6 @@ class Server:
         self._shutdown = trio.Event()
         self._shutdown_save: bool | None = None
         self._listeners: list[socket.socket] = []
-        self.reactor = netio.Reactor()
 
     async def serve(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover, listen and serve until shutdown is requested; task_status gets the
@@ -72,7 +71,6 @@ class Server:
         self.port = self._listeners[0].getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(self.mode.run, self)
-            await nursery.start(self.reactor.run)
             for bucket in self.keyspace.buckets:
                 nursery.start_soon(self._expire_loop, bucket)
             nursery.start_soon(self._idle_sweeper)
@@ -128,7 +126,7 @@ class Server:
                     continue
                 raise
             self.stats.connections += 1
-            conn = netio.Connection(sock, self.reactor)
+            conn = netio.Connection(sock)
             if len(self.clients) >= self.config.maxclients:
                 self.stats.rejected += 1
                 clients.start_soon(_refuse, conn)
