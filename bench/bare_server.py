@@ -53,7 +53,7 @@ async def _serve_streams(port: int) -> None:
         reader = hiredis.Reader()
         try:
             async for data in stream:
-                reader.feed(data)
+                reader.feed(bytes(data))
                 if out := _replies(reader):
                     await stream.send_all(out)
         except trio.BrokenResourceError:
