@@ -347,7 +347,7 @@ class HiredisParser:
 
 
 def _take(parser: PureParser | HiredisParser) -> list[Command]:
-    error = getattr(parser, "_error", None)
+    error = parser._error
     if error is not None:
         parser._error = None
         raise error

@@ -99,10 +99,6 @@ class Snapshotter:
         self.next_seq = 1
         self._lock = trio.Lock()
 
-    @property
-    def busy(self) -> bool:
-        return self._lock.locked()
-
     async def take(self, keyspace: Keyspace, *, log_seq: int | None = None,
                    captured: Captured | None = None) -> dict[str, Any]:
         """Capture (unless given a capture) and write a snapshot; raises OSError or

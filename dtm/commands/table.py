@@ -49,11 +49,8 @@ class Spec:
     # For commands whose keys live in more than one database (COPY … DB n).
     targets_fn: Callable[[Session, list[bytes]], list[Shard_Key]] | None = None
     subcommands: dict[bytes, Spec] = attrs.field(factory=dict)
-    # Never on the session's fast path: spans buckets, or awaits.
-    guarded: bool = False
-    # May run as a plain call in the session's read loop (see Session._run_batch):
-    # then fast_arity is the arity, else None (one attribute read on the hot path).
-    fast: bool = False
+    # The arity when the command may run as a plain call in the session's read loop
+    # (see Session._run_batch), else None: one attribute read on the hot path.
     fast_arity: int | None = None
 
     @property
@@ -117,6 +114,7 @@ def command(
         first, last, step = keys
         scope_ = scope or (Scope.KEYS if first else Scope.NONE)
         is_async = inspect.iscoroutinefunction(handler)
+        # Never on the fast path: what awaits, spans buckets, or changes session state.
         guarded = is_async or (scope_ is Scope.KEYS and last != first) or targets is not None
         fast = parent is None and not guarded and name not in SESSION_STATE
         spec = Spec(
@@ -132,8 +130,6 @@ def command(
             step=step,
             scope=scope_,
             asynchronous=is_async,
-            guarded=guarded,
-            fast=fast,
             fast_arity=arity if fast else None,
             parent=parent.name if parent else None,
             targets_fn=targets,
