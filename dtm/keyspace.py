@@ -11,7 +11,7 @@ from binascii import crc_hqx
 from collections.abc import Iterator
 
 from dtm.bucket import Bucket, Shard, Slot
-from dtm.slots import SLOTS, bucket_slot_range, key_slot, slot_owners
+from dtm.slots import HASH_TAG_OPEN, SLOTS, bucket_slot_range, key_slot, slot_owners
 from dtm.store import Value
 
 DATABASES = 16
@@ -52,12 +52,12 @@ class DbView:
         ]
 
     def slot(self, key: bytes) -> Slot:
-        if b"{" in key:
+        if HASH_TAG_OPEN in key:
             return self.table[key_slot(key)]
         return self.table[crc_hqx(key, 0) & 16383]
 
     def get(self, key: bytes) -> Value | None:
-        if b"{" in key:
+        if HASH_TAG_OPEN in key:
             return self.table[key_slot(key)].lookup(key)
         return self.table[crc_hqx(key, 0) & 16383].lookup(key)
 

@@ -19,6 +19,7 @@ from dtm.commands.args import (
 from dtm.commands.table import command
 from dtm.errors import NOT_INTEGER, OVERFLOW, SYNTAX, err, wrong_arity
 from dtm.resp import parse_int
+from dtm.slots import HASH_TAG_OPEN
 
 if TYPE_CHECKING:
     from dtm.session import Session
@@ -36,7 +37,7 @@ def _check_length(s: Session, length: int) -> None:
 @command("get", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Get the value of a key")
 def get(s: Session, argv: list[bytes]) -> Any:
     key = argv[1]
-    if b"{" in key:
+    if HASH_TAG_OPEN in key:
         return s.db.get(key)
     # the hottest path there is: DbView.get and Slot.lookup, inlined
     slot = s.db.table[crc_hqx(key, 0) & 16383]
@@ -50,7 +51,7 @@ def get(s: Session, argv: list[bytes]) -> Any:
 def set_(s: Session, argv: list[bytes]) -> Any:
     key, value = argv[1], argv[2]
     if len(argv) == 3:  # the common case, kept short
-        slot = s.db.table[crc_hqx(key, 0) & 16383] if b"{" not in key else s.db.slot(key)
+        slot = s.db.table[crc_hqx(key, 0) & 16383] if HASH_TAG_OPEN not in key else s.db.slot(key)
         slot.store(key, value)
         return "OK"
     nx = xx = want_get = keep_ttl = False
