@@ -259,14 +259,15 @@ def _is_hex_pair(line: bytes, at: int) -> bool:
 
 
 class HiredisParser:
-    """hiredis does the parsing; the pure parser takes over for anything hiredis would
-    read differently from Redis: inline commands, non-bulk elements, and any batch whose
-    last request is still incomplete (so an oversized or malformed header is refused
-    before its payload is buffered, exactly as in pure mode).
+    """hiredis does the parsing; what it returns is accepted only where it is exactly
+    what Redis would read, and the pure parser takes over from the first byte where it
+    might not be: inline commands, RESP types other than arrays of bulk strings, a
+    request still incomplete at the end of a read (so an oversized or malformed header is
+    refused before its payload is buffered, exactly as in pure mode), and clients not yet
+    authenticated (tighter limits).
 
-    ``_buf`` mirrors the bytes hiredis holds unconsumed, so that a batch can be handed to
-    the pure parser from its first byte; the commands hiredis parsed from that batch are
-    dropped and parsed again, which keeps framing and error texts identical to Redis.
+    ``_buf`` mirrors the bytes hiredis holds unconsumed, so that the pure parser can be
+    handed the input from the first request hiredis's reading cannot vouch for.
     """
 
     def __init__(self, limits: Limits | None = None) -> None:
@@ -309,41 +310,100 @@ class HiredisParser:
         return command
 
     def _drain(self) -> None:
-        reader = self._reader
-        ready = self._ready
-        first_new = len(ready)
-        if self._buf[0] != 42:  # not '*': an inline request
-            self._fall_back(first_new)
+        buf = self._buf
+        if buf[0] != 42 or not self.limits.authenticated:  # not '*': an inline request
+            self._fall_back(0)
             return
-        consumed = 0
-        while True:
-            try:
-                command = reader.gets()
-            except hiredis.ProtocolError:
-                self._fall_back(first_new)
-                return
-            if command is False:
-                break
-            size = _wire_size(command) if command.__class__ is list else -1
-            if size < 0:
-                self._fall_back(first_new)
-                return
-            consumed += size
-            ready.append(command)
-        # hiredis consumes the headers of an incomplete request without saying so: the
-        # batch ended on a boundary only if what it returned covers the whole buffer.
-        if consumed == len(self._buf):
-            self._buf.clear()
-        else:
-            self._fall_back(first_new)
+        reader = self._reader
+        commands: list[Any] = []
+        broken = False
+        join = b"".join
+        try:
+            while (command := reader.gets()) is not False:
+                if command.__class__ is not list or not command:  # '*0' is skipped: pure says how
+                    broken = True
+                    break
+                join(command)  # TypeError unless every argument is bytes
+                commands.append(command)
+        except (hiredis.ProtocolError, TypeError):
+            broken = True
+        if not broken and commands and _plainly_whole(reader, buf, self.limits.max_bulk):
+            self._ready += commands
+            buf.clear()
+            return
+        count, end = _canonical_prefix(buf, commands, self.limits.max_bulk)
+        self._ready += commands[:count]
+        if end == len(buf) and not broken and not reader.has_data():
+            buf.clear()  # whole after all; hiredis read nothing it was not asked to
+            self._reader = hiredis.Reader()  # its state after the probe is unknown
+            return
+        self._fall_back(end)
 
-    def _fall_back(self, first_new: int) -> None:
-        while len(self._ready) > first_new:
-            self._ready.pop()
+    def _fall_back(self, start: int) -> None:
         pure = PureParser(self.limits)
-        pure.feed(bytes(self._buf))
+        pure.feed(bytes(self._buf[start:]))
         self._buf.clear()
         self._pure = pure
+
+
+# A complete empty bulk string: fed to hiredis after a read it consumed entirely, it
+# comes back on its own only if hiredis was between requests, not inside an array or
+# after a type byte whose header has not arrived.
+_PROBE = b"$0\r\n\r\n"
+# Type bytes that hiredis reads into bytes or lists like a request's, though Redis
+# refuses them there: simple strings, big numbers, verbatim strings, sets, attributes.
+_LOOKALIKE_TYPES = tuple(b"+(=~|")
+
+
+def _plainly_whole(reader: Any, buf: bytearray, max_bulk: int) -> bool:
+    """The cheap proof, for a whole read whose commands are all lists of bytes, that they
+    are exactly what Redis would read from buf: hiredis stopped between two requests; no
+    byte that could start a lookalike type appears anywhere (so every header is '*' or
+    '$'); no argument can exceed proto-max-bulk-len."""
+    if reader.has_data() or len(buf) > max_bulk:
+        return False
+    reader.feed(_PROBE)
+    try:
+        if reader.gets() != b"":
+            return False
+    except hiredis.ProtocolError:  # a type byte was read, its header was not
+        return False
+    for lookalike in _LOOKALIKE_TYPES:
+        if lookalike in buf:  # an int needle: a memchr
+            return False
+    return True
+
+
+_ARRAY_HEAD = [len(b"*%d\r\n" % n) for n in range(1024)]
+_BULK_FRAME = [len(b"$%d\r\n\r\n" % n) for n in range(1024)]
+
+
+def _canonical_prefix(buf: bytearray, commands: list[Any], max_bulk: int) -> tuple[int, int]:
+    """How many of commands, read by hiredis from the start of buf, are each an array of
+    bulk strings within the limits (checked at the type byte of every header, whose
+    positions follow from the lengths), and the offset where they end."""
+    offset = 0
+    for count, command in enumerate(commands):
+        end = _command_end(buf, offset, command, max_bulk)
+        if end < 0:
+            return count, offset
+        offset = end
+    return len(commands), offset
+
+
+def _command_end(buf: bytearray, offset: int, command: list[Any], max_bulk: int) -> int:
+    if not command or buf[offset] != 42:  # '*0' is skipped by Redis: the pure parser says how
+        return -1
+    count = len(command)
+    offset += _ARRAY_HEAD[count] if count < 1024 else len(b"*%d\r\n" % count)
+    for arg in command:
+        if offset >= len(buf) or buf[offset] != 36 or arg.__class__ is not bytes:  # '$'
+            return -1
+        size = len(arg)
+        if size > max_bulk:
+            return -1
+        offset += size + (_BULK_FRAME[size] if size < 1024 else len(b"$%d\r\n\r\n" % size))
+    return offset
 
 
 def _take(parser: PureParser | HiredisParser) -> list[Command]:
@@ -360,21 +420,6 @@ def _take(parser: PureParser | HiredisParser) -> list[Command]:
             raise
         parser._error = exc
     return commands
-
-
-def _wire_size(command: list[Any]) -> int:
-    """Bytes of the canonical multibulk encoding of command; -1 if it is empty or holds
-    anything but bulk strings (Redis refuses those: the pure parser says how)."""
-    count = len(command)
-    if not count:
-        return -1
-    size = 3 + (1 if count < 10 else len(b"%d" % count))
-    for arg in command:
-        if arg.__class__ is not bytes:
-            return -1
-        n = len(arg)
-        size += n + 5 + (1 if n < 10 else 2 if n < 100 else len(b"%d" % n))
-    return size
 
 
 def make_parser(limits: Limits | None = None, *, accelerated: bool = True) -> RequestParser:

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from dtm.errors import CommandError, ProtocolError
 from dtm.resp import (
-    NULL_ARRAY, HiredisParser, Limits, PureParser, Verbatim, encode, parse_int, split_args,
+    DEFAULT_MAX_BULK, NULL_ARRAY, HiredisParser, Limits, PureParser, Verbatim, encode, parse_int,
+    split_args,
 )
 
 PARSERS = [PureParser, HiredisParser]
@@ -153,15 +154,64 @@ def test_round_trip_and_parsers_agree(commands: list[list[bytes]], chunk: int) -
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=200))
 def test_parsers_agree_on_arbitrary_bytes(data: bytes) -> None:
-    def outcome(parser_cls: type) -> tuple[list[list[bytes]], str | None]:
-        parser = parser_cls()
-        parser.feed(data)
-        commands: list[list[bytes]] = []
-        try:
+    assert outcome(HiredisParser, data) == outcome(PureParser, data)
+
+
+def outcome(
+    parser_cls: type, data: bytes, chunk: int | None = None, limits: Limits | None = None
+) -> tuple[list[list[bytes]], str | None]:
+    """The commands a parser reads from data fed in chunks, and the protocol error it
+    stops at (None if it reaches the end)."""
+    parser = parser_cls(limits)
+    pieces = [data] if chunk is None else [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    commands: list[list[bytes]] = []
+    try:
+        for piece in pieces:
+            parser.feed(piece)
             while (command := parser.next_command()) is not None:
                 commands.append(command)
-        except ProtocolError as exc:
-            return commands, exc.detail
-        return commands, None
+    except ProtocolError as exc:
+        return commands, exc.detail
+    return commands, None
 
-    assert outcome(HiredisParser) == outcome(PureParser)
+
+# Pieces a request stream can be made of: honest commands, and every RESP type hiredis
+# reads into bytes or lists but Redis refuses in a request, at the top and as elements.
+def _bulk(payload: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(payload), payload)
+
+
+_odd_elements = st.sampled_from([
+    b"+simple\r\n", b"(12345\r\n", b"=7\r\ntxt:abc\r\n", b":1\r\n", b",1.5\r\n", b"#t\r\n",
+    b"_\r\n", b"$-1\r\n", b"*1\r\n$1\r\na\r\n", b"%1\r\n$1\r\na\r\n$1\r\nb\r\n",
+    b"~1\r\n$1\r\na\r\n", b"-ERR x\r\n", b">1\r\n$1\r\na\r\n", b"$3\r\nabcXY",
+])
+_payloads = st.one_of(st.binary(max_size=24), st.sampled_from([b"+", b"=", b"~", b"|", b"$-1", b"*0\r\n"]))
+
+
+@st.composite
+def _request(draw: st.DrawFn) -> bytes:
+    args = [_bulk(p) for p in draw(st.lists(_payloads, min_size=1, max_size=4))]
+    if draw(st.booleans()):
+        args.insert(draw(st.integers(0, len(args))), draw(_odd_elements))
+    head = draw(st.sampled_from([b"*", b"*", b"*", b"~", b"|", b">", b"%"]))
+    return head + b"%d\r\n" % len(args) + b"".join(args)
+
+
+_streams = st.lists(
+    st.one_of(_request(), st.sampled_from([b"*0\r\n", b"*-1\r\n", b"PING\r\n", b"$4\r\nPING\r\n"])),
+    min_size=1, max_size=6,
+).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    data=_streams,
+    chunk=st.one_of(st.none(), st.integers(min_value=1, max_value=48)),
+    limits=st.sampled_from([(DEFAULT_MAX_BULK, True), (DEFAULT_MAX_BULK, False), (4, True)]),
+)
+def test_parsers_agree_on_lookalike_types_and_limits(
+    data: bytes, chunk: int | None, limits: tuple[int, bool]
+) -> None:
+    args = (data, chunk, Limits(*limits))
+    assert outcome(HiredisParser, *args) == outcome(PureParser, *args)
