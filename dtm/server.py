@@ -5,6 +5,7 @@ and graceful shutdown.
     ├── mode.run                   (group-commit writer / checkpoint coordinator)
     ├── expiry task per bucket     (active expiry every 100 ms)
     ├── idle-timeout sweeper       (when --timeout is set)
+    ├── outbox                     (sends each scheduler pass's replies together)
     ├── accept loop                (one per listener)
     └── one task per client        (dtm.session.Session.serve)
 """
@@ -58,6 +59,7 @@ class Server:
         self._shutdown = trio.Event()
         self._shutdown_save: bool | None = None
         self._listeners: list[socket.socket] = []
+        self.outbox = netio.Outbox()
 
     async def serve(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover, listen and serve until shutdown is requested; task_status gets the
@@ -71,6 +73,7 @@ class Server:
         self.port = self._listeners[0].getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(self.mode.run, self)
+            await nursery.start(self.outbox.run)
             for bucket in self.keyspace.buckets:
                 nursery.start_soon(self._expire_loop, bucket)
             nursery.start_soon(self._idle_sweeper)
@@ -126,7 +129,7 @@ class Server:
                     continue
                 raise
             self.stats.connections += 1
-            conn = netio.Connection(sock)
+            conn = netio.Connection(sock, self.outbox)
             if len(self.clients) >= self.config.maxclients:
                 self.stats.rejected += 1
                 clients.start_soon(_refuse, conn)

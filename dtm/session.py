@@ -71,6 +71,7 @@ class Session:
                 while not self.close_after_reply:
                     data = await conn.receive(RECV_SIZE)
                     if not data:
+                        await conn.flush()  # a client that half-closed still reads
                         break
                     self.last_active = time.time()
                     parser.feed(data)
@@ -79,7 +80,10 @@ class Session:
                         self.log.warning("closing client over the query buffer limit")
                         self.close_after_reply = True
                     if out:
-                        await conn.send_all(out)
+                        if self.close_after_reply:
+                            await conn.send_all(out)  # before the close, not in the next pass
+                        else:
+                            await conn.send(out)
             except OSError as exc:  # reset by peer, broken pipe
                 self.log.debug("connection error", error=str(exc))
             finally:
