@@ -162,8 +162,9 @@ class Monitor:
         """
         while self._hold_released is not None:
             await self._hold_released.wait()
-        buckets = {slot.shard.bucket for slot, _ in targets}
-        cross = whole_keyspace or len(buckets) > 1
+        cross = whole_keyspace or (
+            len(targets) > 1 and len({slot.shard.bucket for slot, _ in targets}) > 1
+        )
         needs_decision = record is not None and self.mode.waits_for_commit
         if not cross and not needs_decision:
             if self.busy:
@@ -180,7 +181,10 @@ class Monitor:
                 exclusive = True
             else:
                 for shard, key in _lock_order(targets):
-                    await self._acquire(shard, key, txid)
+                    if self.exclusive is None and key not in shard.locks:
+                        self._lock(shard, key, txid)  # free: no coroutine needed
+                    else:
+                        await self._acquire(shard, key, txid)
                     held.append((shard, key))
             if watch is not None and watch.broken():
                 return self._abort(txid)
@@ -218,6 +222,9 @@ class Monitor:
                 break
             self.stats.lock_waits += 1
             await lock.wait()
+        self._lock(shard, key, txid)
+
+    def _lock(self, shard: Slot, key: bytes, txid: int) -> None:
         shard.locks[key] = KeyLock(txid)
         if self.locked == 0:
             self._idle = trio.Event()

@@ -52,18 +52,21 @@ class Spec:
     # The arity when the command may run as a plain call in the session's read loop
     # (see Session._run_batch), else None: one attribute read on the hot path.
     fast_arity: int | None = None
+    # Derived from the fields above once (read for every command on the full path).
+    writes: bool = attrs.field(init=False)
+    multi_key: bool = attrs.field(init=False)
+
+    @writes.default
+    def _writes(self) -> bool:
+        return "write" in self.flags
+
+    @multi_key.default
+    def _multi_key(self) -> bool:
+        return self.scope is Scope.KEYS and (self.last_key != self.first_key)
 
     @property
     def fullname(self) -> str:
         return f"{self.parent}|{self.name}" if self.parent else self.name
-
-    @property
-    def writes(self) -> bool:
-        return "write" in self.flags
-
-    @property
-    def multi_key(self) -> bool:
-        return self.scope is Scope.KEYS and (self.last_key != self.first_key)
 
     def keys(self, argv: list[bytes]) -> list[bytes]:
         if self.scope is not Scope.KEYS:
