@@ -4,7 +4,7 @@ redis-benchmark to see how much of the gap to Redis is Python + Trio itself.
 
     python -m bench.bare_server PORT [--streams]
 
-By default it uses the same socket layer as dtm (dtm.netio); ``--streams`` uses
+By default it uses the same socket layer as dtm (dtm.netio, with its outbox); ``--streams`` uses
 trio.serve_tcp and SocketStream instead.
 """
 
@@ -30,6 +30,7 @@ def _replies(reader: hiredis.Reader) -> bytes:
 
 async def _serve_raw(port: int) -> None:
     (listener,) = netio.open_listeners("127.0.0.1", port)
+    outbox = netio.Outbox()
 
     async def client(conn: netio.Connection) -> None:
         reader = hiredis.Reader()
@@ -37,15 +38,17 @@ async def _serve_raw(port: int) -> None:
             while data := await conn.receive(65536):
                 reader.feed(data)
                 if out := _replies(reader):
-                    await conn.send_all(out)
+                    await conn.send(out)
+            await conn.flush()
         except OSError:
             pass
         finally:
             conn.close()
 
     async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
         while True:
-            nursery.start_soon(client, netio.Connection(await netio.accept(listener)))
+            nursery.start_soon(client, netio.Connection(await netio.accept(listener), outbox))
 
 
 async def _serve_streams(port: int) -> None:
