@@ -5,7 +5,7 @@ A writer task waits one scheduling round (so every session with a ready request 
 its record), writes everything queued with one write and one fdatasync, then releases
 every waiting transaction; meanwhile new commits queue up for the next round, so
 throughput grows with concurrency. The sync runs in the event loop while the disk syncs
-in under a millisecond, in a worker thread when it is slower. A transaction waits with its
+in under a millisecond on average, in a worker thread when it is slower. A transaction waits with its
 key locks held and is applied only after its record is durable, so no client (reader or
 writer) ever sees a write that a crash could lose. With ``--fsync everysec`` commits are
 acknowledged once written and synced every second, as Redis's ``appendfsync everysec``.
