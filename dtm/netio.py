@@ -4,7 +4,7 @@
 Why not ``trio.SocketStream``: every ``receive_some``/``send_all`` there is two
 checkpoints (a task switch) even when data is ready, which costs more than executing a
 whole pipelined batch. Here a read that finds data returns at once; a session that never
-has to wait yields explicitly every few batches (``Connection.fair_share``) so one busy
+has to wait yields explicitly every ``READS_BEFORE_YIELD`` reads, so one busy
 client cannot starve the others. Cancellation still works: waits are checkpoints.
 
 Replies go out through an ``Outbox``: every session that ran in one pass of Trio's

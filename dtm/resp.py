@@ -392,7 +392,7 @@ def _canonical_prefix(buf: bytearray, commands: list[Any], max_bulk: int) -> tup
 
 
 def _command_end(buf: bytearray, offset: int, command: list[Any], max_bulk: int) -> int:
-    if not command or buf[offset] != 42:  # '*0' is skipped by Redis: the pure parser says how
+    if not command or offset >= len(buf) or buf[offset] != 42:  # '*0': the pure parser skips it
         return -1
     count = len(command)
     offset += _ARRAY_HEAD[count] if count < 1024 else len(b"*%d\r\n" % count)
