@@ -14,17 +14,16 @@ import argparse
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from bench.processes import StartError, free_port, stop, wait_listening
 from bench.runner import BenchError, Plan, run
 from bench.workloads import WORKLOADS, Settings
 
@@ -40,24 +39,18 @@ class Target:
     process: subprocess.Popen[bytes] | None = None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _targets(workdir: Path, with_redis: bool) -> list[Target]:
     dtm = [sys.executable, "-m", "dtm.cli", "serve", "--log-level", "warning"]
     targets = []
     for mode, extra in (("none", []), ("binlog", []), ("checkpoint", ["--checkpoint-interval", "1"])):
-        port = _free_port()
+        port = free_port()
         targets.append(Target(f"dtm {mode}", [*dtm, "--port", str(port), "--mode", mode,
                                                "--dir", str(workdir / mode), *extra], port))
     redis = shutil.which("redis-server")
     if with_redis and redis:
         for name, extra in (("redis", ["--appendonly", "no"]),
                             ("redis aof-always", ["--appendonly", "yes", "--appendfsync", "always"])):
-            port = _free_port()
+            port = free_port()
             directory = workdir / name.replace(" ", "-")
             directory.mkdir(parents=True, exist_ok=True)
             targets.append(Target(name, [redis, "--port", str(port), "--save", "", "--dir",
@@ -67,26 +60,15 @@ def _targets(workdir: Path, with_redis: bool) -> list[Target]:
 
 def _start(target: Target) -> None:
     target.process = subprocess.Popen(target.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if target.process.poll() is not None:
-            raise BenchError(f"{target.name} exited at start (status {target.process.returncode})")
-        try:
-            with socket.create_connection(("127.0.0.1", target.port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError(f"{target.name} did not start listening on port {target.port}")
+    try:
+        wait_listening(target.name, target.port, target.process, timeout=20)
+    except StartError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def _stop(target: Target) -> None:
-    if target.process is not None and target.process.poll() is None:
-        target.process.terminate()
-        try:
-            target.process.wait(15)
-        except subprocess.TimeoutExpired:
-            target.process.kill()
-            target.process.wait()
+    if target.process is not None:
+        stop(target.process, timeout=15)
 
 
 def _parser() -> argparse.ArgumentParser:

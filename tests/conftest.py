@@ -5,36 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from bench.processes import free_port, stop, wait_listening
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start")
 
 
 class DtmProcess:
@@ -47,19 +28,13 @@ class DtmProcess:
             [sys.executable, "-m", "dtm.cli", "serve", *self.args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
-        wait_for_port(self.port, self.proc)
+        wait_listening("dtm", self.port, self.proc, timeout=15)
 
     def client(self, **kwargs: object) -> redis.Redis:
         return redis.Redis(port=self.port, **kwargs)  # type: ignore[arg-type]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, timeout=10)
         self.log.close()
 
 
@@ -103,7 +78,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    wait_for_port(port, proc)
+    wait_listening("redis-server", port, proc, timeout=15)
     yield port
-    proc.terminate()
-    proc.wait(10)
+    stop(proc, timeout=10)

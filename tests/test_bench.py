@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from bench.histogram import Histogram
+from bench.processes import free_port
 from bench.runner import Plan, run
 from bench.workloads import WORKLOADS, Settings
-from conftest import ROOT, free_port
+from conftest import ROOT
 
 FIELDS = {"total_requests", "total_latency_us", "average_latency_us", "max_latency_us", "elapsed_s",
           "requests_per_sec", "p50_us", "p90_us", "p99_us", "p999_us", "aborts", "errors",
