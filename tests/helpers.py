@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import hiredis
@@ -17,6 +19,16 @@ async def start_server(nursery: trio.Nursery, **settings: Any) -> Server:
     server = Server(Config(port=0, **settings), mode)
     await nursery.start(server.serve)
     return server
+
+
+@asynccontextmanager
+async def serving(timeout: float = 10, **settings: Any) -> AsyncIterator[Server]:
+    """An in-process server for the body of the block, stopped after it; start, body and
+    all must finish within timeout seconds."""
+    with trio.fail_after(timeout):
+        async with trio.open_nursery() as nursery:
+            yield await start_server(nursery, **settings)
+            nursery.cancel_scope.cancel()
 
 
 class RawClient:

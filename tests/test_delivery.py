@@ -8,43 +8,37 @@ import socket
 import trio
 
 from dtm.session import RECV_SIZE
-from helpers import RawClient, encode_command, start_server
+from helpers import RawClient, encode_command, serving, start_server
 
 
 async def test_half_closed_client_still_gets_every_reply() -> None:
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            server = await start_server(nursery)
-            incrs = b"".join(encode_command("INCR", "n") for _ in range(100))
-            # Exactly one full read (RECV_SIZE): the server meets the end of input on
-            # its very next read, without waiting in between.
-            pad = encode_command("SET", "pad", "")
-            filler = RECV_SIZE - len(incrs) - len(pad)
-            pad = encode_command("SET", "pad", "x" * (filler - len(str(filler)) + 1))
-            assert len(incrs + pad) == RECV_SIZE
-            # A blocking socket, so that all of it is sent and the writing side shut (like
-            # `printf ... | nc`) before the server gets to run and read.
-            sock = socket.create_connection(("127.0.0.1", server.port))
-            sock.sendall(incrs + pad)
-            sock.shutdown(socket.SHUT_WR)
-            sock.setblocking(False)
-            client = RawClient(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
-            assert [await client.reply() for _ in range(100)] == list(range(1, 101))
-            assert await client.reply() == b"OK"
-            assert await client.closed()
-            nursery.cancel_scope.cancel()
+    async with serving() as server:
+        incrs = b"".join(encode_command("INCR", "n") for _ in range(100))
+        # Exactly one full read (RECV_SIZE): the server meets the end of input on
+        # its very next read, without waiting in between.
+        pad = encode_command("SET", "pad", "")
+        filler = RECV_SIZE - len(incrs) - len(pad)
+        pad = encode_command("SET", "pad", "x" * (filler - len(str(filler)) + 1))
+        assert len(incrs + pad) == RECV_SIZE
+        # A blocking socket, so that all of it is sent and the writing side shut (like
+        # `printf ... | nc`) before the server gets to run and read.
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(incrs + pad)
+        sock.shutdown(socket.SHUT_WR)
+        sock.setblocking(False)
+        client = RawClient(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+        assert [await client.reply() for _ in range(100)] == list(range(1, 101))
+        assert await client.reply() == b"OK"
+        assert await client.closed()
 
 
 async def test_quit_reply_arrives_before_the_close() -> None:
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            server = await start_server(nursery)
-            client = await RawClient.connect(server.port)
-            await client.send_raw(encode_command("PING") + encode_command("QUIT") + encode_command("PING"))
-            assert await client.reply() == b"PONG"
-            assert await client.reply() == b"OK"
-            assert await client.closed()
-            nursery.cancel_scope.cancel()
+    async with serving() as server:
+        client = await RawClient.connect(server.port)
+        await client.send_raw(encode_command("PING") + encode_command("QUIT") + encode_command("PING"))
+        assert await client.reply() == b"PONG"
+        assert await client.reply() == b"OK"
+        assert await client.closed()
 
 
 async def test_slow_reader_gets_every_reply_in_order_and_nobody_waits_for_it() -> None:
