@@ -493,6 +493,8 @@ def encode(reply: Any, proto: int = 2) -> bytes:
 
 
 def _encode_rare(reply: Any, proto: int) -> bytes:
+    if isinstance(reply, (bytearray, memoryview)):  # a value edited in place (APPEND, SETRANGE)
+        return b"$%d\r\n%b\r\n" % (len(reply), reply)
     if isinstance(reply, CommandError):
         text = reply.text.replace("\r", " ").replace("\n", " ")
         return b"-" + text.encode() + b"\r\n"

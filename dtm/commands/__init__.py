@@ -1,6 +1,14 @@
 """The command table and its families; importing this package registers every command."""
 
-from dtm.commands import connection, keys, server, strings, transactions  # noqa: F401
+from dtm.commands import (  # noqa: F401
+    connection,
+    info,
+    keys,
+    persistence,
+    server,
+    strings,
+    transactions,
+)
 from dtm.commands.table import COMMANDS, LOOKUP, Scope, Spec, resolve
 
 __all__ = ["COMMANDS", "LOOKUP", "Scope", "Spec", "resolve"]

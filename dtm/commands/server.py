@@ -1,19 +1,14 @@
-"""Server commands: COMMAND, INFO, CONFIG, DBSIZE, FLUSHDB, FLUSHALL, TIME, SHUTDOWN."""
+"""Server commands: COMMAND, CONFIG, DBSIZE, FLUSHDB, FLUSHALL, TIME."""
 
 from __future__ import annotations
 
-import os
-import platform
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from dtm import REDIS_COMPAT_VERSION, __version__
 from dtm.commands.table import COMMANDS, Scope, Spec, command, container
 from dtm.config import FIELDS, MUTABLE, REDIS_NAMES, redis_name, set_value
 from dtm.errors import SYNTAX, ConfigError, err
 from dtm.glob import glob_match
-from dtm.resp import NO_REPLY, Verbatim
 
 if TYPE_CHECKING:
     from dtm.session import Session
@@ -124,111 +119,6 @@ def command_help(s: Session, argv: list[bytes]) -> Any:
     ]
 
 
-# --------------------------------------------------------------------- INFO
-
-SECTIONS = ("server", "clients", "memory", "persistence", "stats", "keyspace", "dtm")
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _human(size: int) -> str:
-    for unit, factor in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
-        if size >= factor:
-            return f"{size / factor:.2f}{unit}"
-    return f"{size}B"
-
-
-def info_sections(s: Session) -> dict[str, dict[str, Any]]:
-    server = s.server
-    config = server.config
-    uptime = int(time.time() - server.started)
-    rss = _rss_bytes()
-    stats = server.stats
-    monitor = server.monitor.stats
-    total_tx = monitor.committed + monitor.aborted
-    keyspace: dict[str, Any] = {}
-    for view in server.keyspace.views():
-        count = view.size()
-        if count:
-            keyspace[f"db{view.index}"] = f"keys={count},expires={view.expiring()},avg_ttl=0"
-    dtm_section: dict[str, Any] = {
-        "dtm_version": __version__,
-        "buckets": len(server.keyspace.buckets),
-        "mode": server.mode.name,
-    }
-    for bucket in server.keyspace.buckets:
-        dtm_section[f"bucket{bucket.index}"] = (
-            f"slots={bucket.slots.start}-{bucket.slots.stop - 1},keys={bucket.key_count()}"
-        )
-    dtm_section.update(
-        transactions_committed=monitor.committed,
-        transactions_aborted=monitor.aborted,
-        transactions_cross_bucket=monitor.cross_bucket,
-        cross_bucket_share=f"{monitor.cross_bucket / monitor.committed:.4f}" if monitor.committed else "0.0000",
-        lock_waits=monitor.lock_waits,
-        transactions_total=total_tx,
-    )
-    return {
-        "server": {
-            "redis_version": REDIS_COMPAT_VERSION,
-            "redis_mode": "standalone",
-            "dtm_version": __version__,
-            "os": f"{platform.system()} {platform.release()} {platform.machine()}",
-            "arch_bits": 64 if sys.maxsize > 2**32 else 32,
-            "multiplexing_api": "trio",
-            "python_version": platform.python_version(),
-            "process_id": os.getpid(),
-            "run_id": server.run_id,
-            "tcp_port": server.port,
-            "uptime_in_seconds": uptime,
-            "uptime_in_days": uptime // 86400,
-            "executable": sys.argv[0],
-        },
-        "clients": {
-            "connected_clients": len(server.clients),
-            "maxclients": config.maxclients,
-            "blocked_clients": 0,
-        },
-        "memory": {
-            "used_memory": rss,
-            "used_memory_human": _human(rss),
-            "used_memory_rss": rss,
-            "used_memory_rss_human": _human(rss),
-            "maxmemory": 0,
-        },
-        "persistence": {"loading": 0, **server.mode.info()},
-        "stats": {
-            "total_connections_received": stats.connections,
-            "total_commands_processed": stats.commands,
-            "rejected_connections": stats.rejected,
-            "expired_keys": sum(b.expired_keys for b in server.keyspace.buckets),
-        },
-        "keyspace": keyspace,
-        "dtm": dtm_section,
-    }
-
-
-@command("info", -1, "loading stale", group=GROUP, summary="Server information and statistics")
-def info(s: Session, argv: list[bytes]) -> Any:
-    wanted = {arg.decode("utf-8", "replace").lower() for arg in argv[1:]}
-    everything = not wanted or wanted & {"all", "everything", "default"}
-    parts = []
-    for name, fields in info_sections(s).items():
-        if everything or name in wanted:
-            lines = [f"# {name.capitalize() if name != 'dtm' else 'DTM'}"]
-            lines += [f"{key}:{value}" for key, value in fields.items()]
-            parts.append("\r\n".join(lines) + "\r\n")
-    return Verbatim("\r\n".join(parts).encode())
-
-
 # ------------------------------------------------------------------- CONFIG
 
 CONFIG = container("config", group=GROUP, summary="Server configuration", since="2.0.0")
@@ -330,40 +220,3 @@ def flushall(s: Session, argv: list[bytes]) -> Any:
 def time_(s: Session, argv: list[bytes]) -> Any:
     now = time.time_ns() // 1000
     return [b"%d" % (now // 1_000_000), b"%d" % (now % 1_000_000)]
-
-
-@command("shutdown", -1, "admin noscript loading stale no_multi", group=GROUP, summary="Stop the server")
-async def shutdown(s: Session, argv: list[bytes]) -> Any:
-    options = {arg.lower() for arg in argv[1:]}
-    if not options <= {b"nosave", b"save", b"now", b"force", b"abort"} or {b"save", b"nosave"} <= options:
-        raise SYNTAX
-    if b"abort" in options:
-        if len(options) > 1:
-            raise SYNTAX
-        raise err("No shutdown in progress.")
-    s.log.info("shutdown requested by client")
-    await s.server.request_shutdown(True if b"save" in options else False if b"nosave" in options else None)
-    s.close_after_reply = True
-    return NO_REPLY
-
-
-# -------------------------------------------------------------- persistence
-
-
-@command("save", 1, "admin noscript no_multi", group=GROUP, summary="Write a snapshot and wait for it")
-async def save(s: Session, argv: list[bytes]) -> Any:
-    await s.server.mode.save(s.server, background=False)
-    return "OK"
-
-
-@command("bgsave", -1, "admin noscript no_multi", group=GROUP, summary="Write a snapshot in the background")
-async def bgsave(s: Session, argv: list[bytes]) -> Any:
-    if len(argv) > 2 or (len(argv) == 2 and argv[1].lower() != b"schedule"):
-        raise SYNTAX
-    started = await s.server.mode.save(s.server, background=True, schedule=len(argv) == 2)
-    return "Background saving started" if started else "Background saving scheduled"
-
-
-@command("lastsave", 1, "loading stale fast", group=GROUP, summary="Time of the last successful snapshot", since="1.0.0")
-def lastsave(s: Session, argv: list[bytes]) -> Any:
-    return s.server.mode.last_save()
