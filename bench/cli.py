@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from bench.runner import BenchError, Plan, parse_hosts, run
+from bench.runner import BenchError, Plan, default_procs, parse_hosts, run
+from bench.saturation import BUSY_THRESHOLD
 from bench.workloads import WORKLOADS, Settings
 
 
@@ -27,8 +28,13 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pipeline", type=int, default=1, help="requests in flight per connection (get_set)")
     parser.add_argument("--keys", type=int, default=9999, help="key space size")
     parser.add_argument("--value-size", type=int, default=3, help="bytes per value")
-    parser.add_argument("--procs", type=int, default=1, help="processes to spread the clients over")
+    parser.add_argument("--procs", type=int, default=None,
+                        help=f"processes to spread the clients over (default: one per usable core, "
+                        f"here {default_procs()})")
     parser.add_argument("--warmup", type=float, default=0.0, help="seconds of load before measuring")
+    parser.add_argument("--cpu-warn", type=float, default=BUSY_THRESHOLD, metavar="FRACTION",
+                        help="warn when a generator process was busy more than this fraction of "
+                        "the run (default %(default)s): its figure is then a lower bound")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
@@ -38,7 +44,8 @@ def format_text(result: dict[str, object]) -> str:
     ms = lambda us: f"{int(us) / 1000:.3f} ms"  # noqa: E731
     lines = [
         f"workload:          {result['workload']}  hosts: {', '.join(result['hosts'])}  "  # type: ignore[arg-type]
-        f"clients: {result['clients_per_host']} per host  pipeline: {result['pipeline']}",
+        f"clients: {result['clients_per_host']} per host  pipeline: {result['pipeline']}  "
+        f"processes: {result['procs']}",
         f"total requests:    {result['total_requests']}",
         f"total latency:     {int(result['total_latency_us']) / 1e6:.3f} s",  # type: ignore[call-overload]
         f"average latency:   {float(result['average_latency_us']) / 1000:.3f} ms",  # type: ignore[arg-type]
@@ -49,6 +56,8 @@ def format_text(result: dict[str, object]) -> str:
         f"{ms(result['p99_us'])} / {ms(result['p999_us'])}",
         f"aborts:            {result['aborts']}",
         f"errors:            {result['errors']}",
+        "generator CPU:     " + ", ".join(f"{b:.0%}" for b in result["generator_cpu_busy"])  # type: ignore[attr-defined]
+        + " busy per process",
     ]
     for sample in result["error_samples"]:  # type: ignore[attr-defined]
         lines.append(f"  error: {sample}")
@@ -68,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = Plan(
             hosts=parse_hosts(args.hosts), clients=args.clients, seconds=args.seconds,
-            workload=args.workload, procs=args.procs, warmup=args.warmup,
+            workload=args.workload, procs=args.procs or default_procs(), warmup=args.warmup,
+            busy_threshold=args.cpu_warn,
             settings=Settings(pipeline=max(1, args.pipeline), keys=max(1, args.keys),
                               value_size=max(1, args.value_size)),
         )
@@ -78,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"dtm-bench: error: {exc}", file=sys.stderr)
         return 1
+    for warning in result["warnings"]:
+        print(f"dtm-bench: warning: {warning}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else format_text(result))
     return 1 if result["errors"] else 0
 

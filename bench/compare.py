@@ -3,28 +3,33 @@
 Starts dtm in each mode (fresh temporary data directories; checkpoint every second so
 checkpoints happen during the runs) and, where installed, redis-server without
 persistence and with ``appendfsync always``; runs the same workloads against each in
-alternating rounds; prints a Markdown table, writes it into docs/benchmarks.md (with
-machine, date and command line) and draws PNG charts, plus a client-count sweep of
-binlog against none that shows group commit at work.
+alternating rounds, plus a client-count sweep of binlog against none that shows group
+commit at work. Prints Markdown tables and writes them (with machine, date and command
+line), the raw results and PNG charts into an output directory: ``--out DIR``, by
+default a new ``dtm-bench-compare-DATE-TIME`` in the current directory.
+docs/benchmarks.md and its charts change only with ``--update-docs``. Charts need
+matplotlib (``.venv/bin/pip install -e '.[bench]'``); without them they are skipped, with a line
+saying so.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import date
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from bench.processes import StartError, free_port, stop, wait_listening
-from bench.runner import BenchError, Plan, run
+from bench.runner import BenchError, Plan, default_procs, run
 from bench.workloads import WORKLOADS, Settings
 
 BEGIN = "<!-- dtm-bench compare: begin -->"
@@ -58,12 +63,17 @@ def _targets(workdir: Path, with_redis: bool) -> list[Target]:
     return targets
 
 
-def _start(target: Target) -> None:
-    target.process = subprocess.Popen(target.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(target.name, target.port, target.process, timeout=20)
-    except StartError as exc:
-        raise BenchError(str(exc)) from None
+def _start(targets: list[Target]) -> None:
+    # all launched before waiting for any: their start-ups overlap
+    for target in targets:
+        target.process = subprocess.Popen(target.command, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+    for target in targets:
+        assert target.process is not None
+        try:
+            wait_listening(target.name, target.port, target.process, timeout=20)
+        except StartError as exc:
+            raise BenchError(str(exc)) from None
 
 
 def _stop(target: Target) -> None:
@@ -72,19 +82,44 @@ def _stop(target: Target) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dtm-bench compare", description=__doc__)
+    parser = argparse.ArgumentParser(prog="dtm-bench compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating the servers' order")
     parser.add_argument("--sweep", default="1,10,50,100", help="client counts for binlog vs none")
     parser.add_argument("--sweep-workload", default="trans", choices=WORKLOADS)
-    parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument("--procs", type=int, default=None,
+                        help=f"load-generator processes (default: one per usable core, here {default_procs()})")
     parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--out-dir", default="docs", help="where the PNG charts go")
-    parser.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file to update ('' for none)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="directory for the tables, raw results and charts (default: a new "
+                        "dtm-bench-compare-DATE-TIME in the current directory)")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="also replace the generated section of --docs and copy the charts beside it")
+    parser.add_argument("--docs", default="docs/benchmarks.md",
+                        help="the Markdown file --update-docs rewrites (default %(default)s)")
     parser.add_argument("--no-redis", action="store_true", help="leave redis-server out")
     return parser
+
+
+def output_dir(requested: str | None, now: datetime) -> Path:
+    """The directory results go to: the one named, or a new one under the current directory
+    (never an existing one, so an earlier run's results are not overwritten)."""
+    if requested is not None:
+        path = Path(requested)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path(f"dtm-bench-compare-{now:%Y%m%d-%H%M%S}")
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+            path = Path(f"{base}-{n}")
 
 
 def main(argv: list[str]) -> int:
@@ -95,11 +130,27 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"dtm-bench compare: error: unknown workloads {sorted(unknown)}", file=sys.stderr)
         return 2
+    docs = Path(args.docs)
+    if args.update_docs and not docs.is_file():
+        # found out now, not after minutes of runs
+        print(f"dtm-bench compare: error: --update-docs: no file {docs} (run from the repository "
+              "root or pass --docs PATH)", file=sys.stderr)
+        return 2
+    if args.update_docs and not have_matplotlib():
+        print("dtm-bench compare: error: --update-docs redraws the charts docs/benchmarks.md shows "
+              f"and needs matplotlib: {MATPLOTLIB_HINT}", file=sys.stderr)
+        return 2
+    now = datetime.now()
+    try:
+        out = output_dir(args.out, now)
+    except OSError as exc:
+        print(f"dtm-bench compare: error: cannot create the output directory: {exc}", file=sys.stderr)
+        return 2
+    print(f"dtm-bench compare: results go to {out}/", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="dtm-compare-") as tmp:
         targets = _targets(Path(tmp), not args.no_redis)
         try:
-            for target in targets:
-                _start(target)
+            _start(targets)
             results = _rounds(targets, workloads, args)
             sweep_results = _sweep(targets, sweep, args)
         except BenchError as exc:
@@ -110,27 +161,31 @@ def main(argv: list[str]) -> int:
                 _stop(target)
     table = markdown_table(results)
     sweep_table = markdown_sweep(sweep_results, args.sweep_workload)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    charts = [draw_comparison(results, out_dir / "bench-compare.png"),
-              draw_sweep(sweep_results, args.sweep_workload, out_dir / "bench-sweep.png")]
     print(table)
     print()
     print(sweep_table)
-    for chart in charts:
-        print(f"chart: {chart}")
-    if args.docs:
-        write_docs(Path(args.docs), table, sweep_table, charts, args, argv)
+    charts = draw_charts(results, sweep_results, args.sweep_workload, out)
+    section = report(table, sweep_table, charts, args, argv, now, generator_notes(results, sweep_results))
+    write_results(out, section, results, sweep_results)
+    print(f"dtm-bench compare: wrote {out / 'compare.md'}, {out / 'results.json'}"
+          + "".join(f", {c}" for c in charts), file=sys.stderr)
+    if args.update_docs:
+        update_docs(docs, charts, section)
+        print(f"dtm-bench compare: updated {docs}", file=sys.stderr)
     errors = sum(r["errors"] for runs in results.values() for r in runs)
     return 1 if errors else 0
 
 
 def _run_one(target: Target, workload: str, clients: int, args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan(hosts=[("127.0.0.1", target.port)], clients=clients, seconds=args.seconds,
-                workload=workload, procs=args.procs, warmup=args.warmup, settings=Settings())
+                workload=workload, procs=args.procs or default_procs(), warmup=args.warmup,
+                settings=Settings())
     print(f"{target.name:18s} {workload:8s} {clients:4d} clients ...", end=" ", file=sys.stderr, flush=True)
     result = run(plan, progress=False)
-    print(f"{result['requests_per_sec']:>12,.0f} req/s", file=sys.stderr)
+    busy = max(result["generator_cpu_busy"], default=0.0)
+    note = "  (generator CPU-bound: a lower bound)" if result["warnings"] else ""
+    print(f"{result['requests_per_sec']:>12,.0f} req/s  generator CPU {busy:.0%}{note}", file=sys.stderr)
+    result["server"] = target.name
     return result
 
 
@@ -145,14 +200,31 @@ def _rounds(targets: list[Target], workloads: list[str], args: argparse.Namespac
     return results
 
 
-def _sweep(targets: list[Target], counts: list[int], args: argparse.Namespace) -> dict[str, list[tuple[int, float]]]:
+Sweep = dict[str, list[tuple[int, dict[str, Any]]]]
+
+
+def _sweep(targets: list[Target], counts: list[int], args: argparse.Namespace) -> Sweep:
     chosen = [t for t in targets if t.name in ("dtm none", "dtm binlog")]
-    curves: dict[str, list[tuple[int, float]]] = {t.name: [] for t in chosen}
+    curves: Sweep = {t.name: [] for t in chosen}
     for clients in counts:
         for target in chosen:
-            result = _run_one(target, args.sweep_workload, clients, args)
-            curves[target.name].append((clients, result["requests_per_sec"]))
+            curves[target.name].append((clients, _run_one(target, args.sweep_workload, clients, args)))
     return curves
+
+
+def _rates(curves: Sweep) -> dict[str, list[tuple[int, float]]]:
+    return {name: [(c, r["requests_per_sec"]) for c, r in points] for name, points in curves.items()}
+
+
+def generator_notes(results: dict[tuple[str, str], list[dict[str, Any]]], curves: Sweep) -> list[str]:
+    """Which runs' figures the generator's own CPU limited."""
+    bound = [f"{workload} on {server}" for (workload, server), runs in results.items()
+             if any(r["warnings"] for r in runs)]
+    bound += [f"sweep {c} clients on {name}" for name, points in curves.items()
+              for c, r in points if r["warnings"]]
+    if not bound:
+        return []
+    return [f"Load generator CPU-bound (figures are lower bounds) in: {', '.join(bound)}."]
 
 
 def _mean(values: list[float]) -> float:
@@ -172,7 +244,8 @@ def markdown_table(results: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_sweep(curves: dict[str, list[tuple[int, float]]], workload: str) -> str:
+def markdown_sweep(sweep: Sweep, workload: str) -> str:
+    curves = _rates(sweep)
     counts = sorted({c for points in curves.values() for c, _ in points})
     lines = [f"| {workload}: clients | " + " | ".join(str(c) for c in counts) + " |",
              "|---|" + "---:|" * len(counts)]
@@ -180,6 +253,28 @@ def markdown_sweep(curves: dict[str, list[tuple[int, float]]], workload: str) ->
         by_count = dict(points)
         lines.append(f"| {name} | " + " | ".join(f"{by_count.get(c, 0):,.0f}" for c in counts) + " |")
     return "\n".join(lines)
+
+
+MATPLOTLIB_HINT = "install it with `.venv/bin/pip install -e '.[bench]'`"
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def draw_charts(results: dict[tuple[str, str], list[dict[str, Any]]], sweep: Sweep, workload: str,
+                out: Path) -> list[Path]:
+    """The PNG charts, or none (said in one line) when matplotlib is not installed."""
+    if not have_matplotlib():
+        print(f"dtm-bench compare: charts skipped: matplotlib is not installed ({MATPLOTLIB_HINT})",
+              file=sys.stderr)
+        return []
+    return [draw_comparison(results, out / "bench-compare.png"),
+            draw_sweep(_rates(sweep), workload, out / "bench-sweep.png")]
 
 
 def draw_comparison(results: dict[tuple[str, str], list[dict[str, Any]]], path: Path) -> Path:
@@ -240,28 +335,50 @@ def _machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}"
 
 
-def write_docs(path: Path, table: str, sweep_table: str, charts: list[Path],
-               args: argparse.Namespace, argv: list[str]) -> None:
-    images = "\n".join(f"![{c.stem}]({os.path.relpath(c, path.parent)})" for c in charts)
-    section = "\n".join([
+def report(table: str, sweep_table: str, charts: list[Path], args: argparse.Namespace,
+           argv: list[str], now: datetime, notes: list[str]) -> str:
+    """The generated Markdown section: machine, date, command line, tables, notes, charts
+    (linked by file name: the charts sit beside the file that holds the section)."""
+    procs = args.procs or default_procs()
+    lines = [
         BEGIN,
         "## dtm-bench compare (generated)",
         "",
-        f"Machine: {_machine()}. Date: {date.today().isoformat()}. "
+        f"Machine: {_machine()}. Date: {now.date().isoformat()}. "
         f"Command: `dtm-bench compare {' '.join(argv)}` ({args.clients} clients, "
-        f"{args.seconds:g} s per run, {args.rounds} rounds, averaged).",
+        f"{args.seconds:g} s per run, {args.rounds} rounds, averaged; load generator: up to "
+        f"{procs} processes).",
         "",
         table,
         "",
         sweep_table,
         "",
-        images,
-        END,
-    ])
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    ]
+    if notes:
+        lines += [*notes, ""]
+    lines += [f"![{c.stem}]({c.name})" for c in charts]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_results(out: Path, section: str, results: dict[tuple[str, str], list[dict[str, Any]]],
+                  sweep: Sweep) -> None:
+    (out / "compare.md").write_text(section + "\n")
+    raw = {"runs": [r for runs in results.values() for r in runs],
+           "sweep": [r for points in sweep.values() for _, r in points]}
+    (out / "results.json").write_text(json.dumps(raw, indent=1) + "\n")
+
+
+def update_docs(docs: Path, charts: list[Path], section: str) -> None:
+    """Replace the generated section of docs (or append it) and copy the charts beside it."""
+    for chart in charts:
+        target = docs.parent / chart.name
+        if chart.resolve() != target.resolve():
+            shutil.copyfile(chart, target)
+    text = docs.read_text()
     if BEGIN in text and END in text:
         before, rest = text.split(BEGIN, 1)
         text = before + section + rest.split(END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    docs.write_text(text)

@@ -1,10 +1,12 @@
 """Running a workload: CLIENTS connections to each host for SECONDS (after a warm-up),
-spread over ``procs`` processes so the generator is not the bottleneck, with a live
-progress line on stderr; the per-client histograms and counters are merged at the end."""
+spread over ``procs`` processes (by default one per usable core) so the generator is not
+the bottleneck, with a live progress line on stderr; the per-client histograms and
+counters are merged at the end, and each process reports how busy its CPU was."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import socket
 import sys
@@ -12,10 +14,11 @@ import time
 from typing import Any
 
 import attrs
-import trio
 
-from bench.client import BenchClient
+from bench import saturation
+from bench.client import BenchClient, ServerError
 from bench.histogram import Histogram
+from bench.loop import EventLoop, sleep_until
 from bench.workloads import (
     LOOPS,
     ClientStats,
@@ -34,6 +37,15 @@ class BenchError(Exception):
     """The run cannot start (a host is unreachable, bad arguments)."""
 
 
+def default_procs() -> int:
+    """The cores this process may run on (its affinity mask, which containers and
+    taskset narrow; os.cpu_count() counts the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @attrs.define
 class Plan:
     hosts: list[Host]
@@ -41,8 +53,10 @@ class Plan:
     seconds: float
     workload: str
     settings: Settings = attrs.Factory(Settings)
-    procs: int = 1
+    procs: int = attrs.Factory(default_procs)
     warmup: float = 0.0
+    busy_threshold: float = saturation.BUSY_THRESHOLD
+    give_up_after: float = 10.0  # seconds past the end a client still waits for a reply
 
 
 def parse_hosts(text: str) -> list[Host]:
@@ -64,15 +78,21 @@ def check_reachable(hosts: list[Host]) -> None:
             raise BenchError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
 
 
-async def _for_each_host(hosts: list[Host], action: Any) -> list[Any]:
-    results = []
-    for host, port in hosts:
-        client = await BenchClient.connect(host, port)
-        try:
-            results.append(await action(client))
-        finally:
-            await client.aclose()
-    return results
+def _for_each_host(hosts: list[Host], action: Any) -> list[Any]:
+    async def each() -> list[Any]:
+        results = []
+        for host, port in hosts:
+            client = await BenchClient.connect(host, port)
+            try:
+                results.append(await action(client))
+            finally:
+                await client.aclose()
+        return results
+
+    try:
+        return EventLoop().run(each(), give_up_at=time.monotonic() + 30)
+    except (OSError, ServerError) as exc:
+        raise BenchError(f"{action.__name__}: {exc}") from None
 
 
 def _assignments(plan: Plan) -> list[list[tuple[Host, int]]]:
@@ -87,21 +107,29 @@ def _assignments(plan: Plan) -> list[list[tuple[Host, int]]]:
     return work
 
 
-async def _run_clients(plan: Plan, work: list[tuple[Host, int]], start_wall: float,
-                       counter: Any) -> ClientStats:
+def _run_clients(plan: Plan, work: list[tuple[Host, int]], start_wall: float,
+                 counter: Any) -> tuple[ClientStats, float]:
+    """This process's clients, merged, and how busy its CPU was from the start."""
     loop = LOOPS[plan.workload]
     start = time.monotonic() + max(0.0, start_wall - time.time())
     measure_from = start + plan.warmup
     deadline = measure_from + plan.seconds
     stats = [ClientStats() for _ in work]
-    await trio.sleep_until(start)
-    async with trio.open_nursery() as nursery:
+    meter = saturation.CpuMeter()
+    event_loop = EventLoop()
+
+    async def main() -> None:
+        await sleep_until(start)
+        meter.start()
         for (host, index), client_stats in zip(work, stats, strict=True):
             rng = random.Random(hash((plan.settings.seed, host, index)))
             recorder = Recorder(client_stats, measure_from)
-            nursery.start_soon(run_client, loop, host[0], host[1], recorder, plan.settings, deadline, rng)
+            event_loop.spawn(run_client(loop, host[0], host[1], recorder, plan.settings, deadline, rng))
         if counter is not None:
-            nursery.start_soon(_publish, stats, counter, deadline)
+            event_loop.spawn(_publish(stats, counter, deadline))
+
+    event_loop.run(main(), give_up_at=deadline + plan.give_up_after)
+    busy = meter.busy()
     merged = ClientStats()
     for client_stats in stats:
         merged.histogram.merge(client_stats.histogram)
@@ -109,21 +137,22 @@ async def _run_clients(plan: Plan, work: list[tuple[Host, int]], start_wall: flo
         merged.aborts += client_stats.aborts
         merged.errors += client_stats.errors
         merged.error_samples += client_stats.error_samples[: 5 - len(merged.error_samples)]
-    return merged
+    return merged, busy
 
 
 async def _publish(stats: list[ClientStats], counter: Any, deadline: float) -> None:
     while time.monotonic() < deadline:
         counter.value = sum(s.requests for s in stats)
-        await trio.sleep(0.2)
+        await sleep_until(min(deadline, time.monotonic() + 0.2))
     counter.value = sum(s.requests for s in stats)
 
 
 def _process_main(plan: Plan, work: list[tuple[Host, int]], start_wall: float, counter: Any,
                   results: Any) -> None:
-    merged = trio.run(_run_clients, plan, work, start_wall, counter)
+    merged, busy = _run_clients(plan, work, start_wall, counter)
     results.send({"histogram": merged.histogram.to_state(), "requests": merged.requests,
-                  "aborts": merged.aborts, "errors": merged.errors, "samples": merged.error_samples})
+                  "aborts": merged.aborts, "errors": merged.errors, "samples": merged.error_samples,
+                  "busy": busy})
     results.close()
 
 
@@ -134,8 +163,8 @@ def run(plan: Plan, *, progress: bool = True) -> dict[str, Any]:
     check_reachable(plan.hosts)
     initial_totals: list[int] = []
     if plan.workload == "bank":
-        trio.run(_for_each_host, plan.hosts, bank_setup)
-        initial_totals = trio.run(_for_each_host, plan.hosts, bank_total)
+        _for_each_host(plan.hosts, bank_setup)
+        initial_totals = _for_each_host(plan.hosts, bank_total)
     context = multiprocessing.get_context("fork")
     start_wall = time.time() + 0.3
     workers = []
@@ -148,6 +177,7 @@ def run(plan: Plan, *, progress: bool = True) -> dict[str, Any]:
         workers.append((process, counter, receiver))
     _show_progress(plan, workers, start_wall, progress)
     merged = ClientStats()
+    busy: list[float] = []
     for process, _, receiver in workers:
         try:
             state = receiver.recv()
@@ -161,12 +191,14 @@ def run(plan: Plan, *, progress: bool = True) -> dict[str, Any]:
         merged.aborts += state["aborts"]
         merged.errors += state["errors"]
         merged.error_samples += state["samples"][: 5 - len(merged.error_samples)]
+        busy.append(state["busy"])
     summary = summarize(merged, plan.seconds)
     summary.update(workload=plan.workload, hosts=[f"{h}:{p}" for h, p in plan.hosts],
                    clients_per_host=plan.clients, pipeline=plan.settings.pipeline,
-                   procs=len(workers))
+                   procs=len(workers), generator_cpu_busy=[round(b, 3) for b in busy],
+                   warnings=saturation.warnings(busy, plan.busy_threshold))
     if plan.workload == "bank":
-        final = trio.run(_for_each_host, plan.hosts, bank_total)
+        final = _for_each_host(plan.hosts, bank_total)
         summary["bank_total_expected"] = initial_totals
         summary["bank_total_found"] = final
         summary["bank_total_ok"] = final == initial_totals

@@ -1,15 +1,22 @@
-"""dtm-bench: short runs against a real dtm and redis-server, its JSON, its errors, and
-the compare command's table and charts."""
+"""dtm-bench: short runs against a real dtm and redis-server, its JSON, its errors, its
+default process count and CPU-saturation warning, and the compare command's output
+directory, docs update and charts (with and without matplotlib)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench import saturation
 from bench.histogram import Histogram
 from bench.processes import free_port
 from bench.runner import Plan, run
@@ -18,12 +25,24 @@ from conftest import ROOT
 
 FIELDS = {"total_requests", "total_latency_us", "average_latency_us", "max_latency_us", "elapsed_s",
           "requests_per_sec", "p50_us", "p90_us", "p99_us", "p999_us", "aborts", "errors",
-          "error_samples", "workload", "hosts", "clients_per_host", "pipeline", "procs"}
+          "error_samples", "workload", "hosts", "clients_per_host", "pipeline", "procs",
+          "generator_cpu_busy", "warnings"}
+BLOCK_MATPLOTLIB = "import sys; sys.modules['matplotlib'] = None; "
 
 
-def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout)
+def bench(*args: str, timeout: float = 60, cwd: Path = ROOT, prelude: str = "",
+          **popen: Any) -> subprocess.CompletedProcess[str]:
+    """dtm-bench in a subprocess; prelude runs first (e.g. to make an import fail)."""
+    code = f"{prelude}import sys; from bench.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=env, **popen)
+
+
+def tracked_docs() -> dict[str, str]:
+    """What dtm-bench compare --update-docs may rewrite in the repository, by content."""
+    paths = [ROOT / "docs" / "benchmarks.md", *sorted((ROOT / "docs").glob("*.png"))]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.exists()}
 
 
 def test_histogram_percentiles_are_within_its_precision() -> None:
@@ -81,19 +100,113 @@ def test_a_dead_host_is_a_clear_error_and_a_failing_exit() -> None:
     assert "cannot connect to 127.0.0.1:" in completed.stderr
 
 
-def test_compare_writes_the_table_and_charts(tmp_path: Path) -> None:
-    docs = tmp_path / "benchmarks.md"
-    docs.write_text("# Benchmarks\n\nhand-written figures stay\n")
-    completed = bench("compare", "--seconds", "0.3", "--clients", "2", "--rounds", "1",
-                      "--workloads", "get_set,bank", "--sweep", "1,2", "--warmup", "0",
-                      "--out-dir", str(tmp_path), "--docs", str(docs), timeout=300)
+def test_the_default_process_count_is_the_usable_cores(dtm_server) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert Plan([("127.0.0.1", 1)], clients=1, seconds=1, workload="get_set").procs == cores
+    completed = bench(f"127.0.0.1:{dtm_server.port}", "4", "0.3", "get_set", "--json")
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert result["procs"] == min(cores, 4) and len(result["generator_cpu_busy"]) == result["procs"]
+    # a narrower affinity mask (taskset, a container's cpuset) means fewer processes
+    one = min(os.sched_getaffinity(0))
+    completed = bench(f"127.0.0.1:{dtm_server.port}", "4", "0.3", "get_set", "--json",
+                      preexec_fn=lambda: os.sched_setaffinity(0, {one}))
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["procs"] == 1
+
+
+def test_the_cpu_meter_tells_a_busy_process_from_a_waiting_one() -> None:
+    meter = saturation.CpuMeter()
+    meter.start()
+    time.sleep(0.2)
+    waiting = meter.busy()
+    meter.start()
+    end = time.process_time() + 0.1
+    while time.process_time() < end:  # 0.1 s of CPU, however long a loaded machine takes
+        pass
+    spinning = meter.busy()
+    # a spinner gets only a share of a core on a loaded machine, hence the margins
+    assert waiting < 0.05 and spinning > 0.1 and spinning > 10 * waiting
+    assert saturation.warnings([waiting, 0.2]) == []
+    (warning,) = saturation.warnings([0.95, 0.2])
+    assert "1 of 2 worker processes" in warning and "lower bound" in warning
+
+
+def test_a_saturated_generator_warns_on_stderr_and_in_the_json(dtm_server) -> None:
+    # a threshold of 0 makes any measured busy fraction "saturated": the whole path from
+    # the worker processes to the output is exercised without depending on the load
+    completed = bench(f"127.0.0.1:{dtm_server.port}", "2", "0.3", "get_set", "--json",
+                      "--cpu-warn", "0")
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert len(result["warnings"]) == 1 and "CPU-bound" in result["warnings"][0]
+    assert f"dtm-bench: warning: {result['warnings'][0]}" in completed.stderr
+    completed = bench(f"127.0.0.1:{dtm_server.port}", "2", "0.3", "get_set", "--cpu-warn", "1.01")
+    assert completed.returncode == 0, completed.stderr
+    assert "warning" not in completed.stderr and "generator CPU:" in completed.stdout
+
+
+TINY_COMPARE = ("compare", "--seconds", "0.2", "--clients", "2", "--rounds", "1", "--workloads",
+                "get_set", "--sweep", "1", "--warmup", "0", "--no-redis")
+
+
+def test_compare_writes_to_a_new_directory_and_leaves_the_docs_alone_without_matplotlib(
+        tmp_path: Path) -> None:
+    before = tracked_docs()
+    completed = bench(*TINY_COMPARE, cwd=tmp_path, prelude=BLOCK_MATPLOTLIB, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert "| get_set | dtm none |" in completed.stdout
-    assert "| bank | dtm binlog |" in completed.stdout
+    assert "charts skipped: matplotlib is not installed" in completed.stderr
+    assert "pip install -e '.[bench]'" in completed.stderr
+    (out,) = tmp_path.iterdir()
+    assert out.name.startswith("dtm-bench-compare-") and f"results go to {out.name}/" in completed.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["compare.md", "results.json"]
+    assert "| get_set | dtm checkpoint |" in (out / "compare.md").read_text()
+    assert {r["server"] for r in json.loads((out / "results.json").read_text())["runs"]} == {
+        "dtm none", "dtm binlog", "dtm checkpoint"}
+    assert tracked_docs() == before
+
+
+def test_compare_updates_the_docs_only_when_asked(tmp_path: Path) -> None:
+    docs = tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    docs.write_text("# Benchmarks\n\nhand-written figures stay\n")
+    out = tmp_path / "out"
+    completed = bench(*TINY_COMPARE, "--out", str(out), "--update-docs", "--docs", str(docs),
+                      timeout=120)
+    assert completed.returncode == 0, completed.stderr
     text = docs.read_text()
     assert "hand-written figures stay" in text and "| get_set | dtm checkpoint |" in text
+    assert "![bench-compare](bench-compare.png)" in text
     import matplotlib.image
 
     for name in ("bench-compare.png", "bench-sweep.png"):
-        image = matplotlib.image.imread(tmp_path / name)
-        assert image.shape[0] > 100 and image.shape[1] > 100
+        for directory in (out, docs.parent):
+            image = matplotlib.image.imread(directory / name)
+            assert image.shape[0] > 100 and image.shape[1] > 100
+    assert (out / "compare.md").read_text().strip() in text
+
+
+def test_compare_refuses_a_docs_update_it_could_not_do(tmp_path: Path) -> None:
+    # found out before any server starts, not after minutes of runs
+    completed = bench(*TINY_COMPARE, "--update-docs", "--docs", str(tmp_path / "missing.md"),
+                      cwd=tmp_path, timeout=30)
+    assert completed.returncode == 2 and "no file" in completed.stderr
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n")
+    completed = bench(*TINY_COMPARE, "--update-docs", "--docs", str(docs), cwd=tmp_path,
+                      prelude=BLOCK_MATPLOTLIB, timeout=30)
+    assert completed.returncode == 2 and "needs matplotlib" in completed.stderr
+    assert docs.read_text() == "# Benchmarks\n" and list(tmp_path.iterdir()) == [docs]
+
+
+def test_a_server_that_never_answers_cannot_hang_the_generator() -> None:
+    with socket.socket() as silent:  # the kernel accepts connections; nothing ever replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        started = time.monotonic()
+        result = run(Plan([silent.getsockname()], clients=3, seconds=0.2, workload="get_set",
+                          procs=1, give_up_after=0.3), progress=False)
+    assert time.monotonic() - started < 5
+    assert result["errors"] == 3 and result["total_requests"] == 0
+    assert "no reply" in result["error_samples"][0]
