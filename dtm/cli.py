@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--maxclients", type=int, help="maximum connections (default 10000)")
     serve.add_argument("--requirepass", help="password clients must AUTH with")
     serve.add_argument("--timeout", type=int, help="close clients idle this many seconds (0: never)")
+    serve.add_argument("--tcp-keepalive", dest="tcp_keepalive", type=int, help="seconds of silence before TCP keepalive probes (default 300; 0: off)")
     serve.add_argument("--databases", type=int, help="number of logical databases (default 16)")
     serve.add_argument("--proto-max-bulk-len", dest="proto_max_bulk_len", help="largest bulk string")
     serve.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
@@ -77,9 +78,12 @@ def load_config(args: argparse.Namespace) -> Config:
 async def _watch_signals(server: Any) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("signal received, shutting down", signal=signal.Signals(signum).name)
-            await server.request_shutdown()
-            return
+            name = signal.Signals(signum).name
+            log.info("signal received, shutting down", signal=name)
+            refused = await server.request_shutdown()
+            # Only a refused shutdown returns (its save failed): keep serving, as Redis.
+            log.error(f"{name} received but errors trying to shut down the server, check the "
+                      "logs for more information", error=refused)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +102,33 @@ def main(argv: list[str] | None = None) -> int:
     configure(config.log_level, config.log_format)
     try:
         trio.run(_serve_until_stopped, config)
-    except DataDirError as exc:
-        print(f"dtm: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"dtm: error: cannot listen on {config.bind}:{config.port}: {exc.strerror}", file=sys.stderr)
+    except (DataDirError, OSError, BaseExceptionGroup) as exc:
+        message = startup_error(exc, config)
+        if message is None:
+            raise
+        print(f"dtm: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def startup_error(exc: BaseException, config: Config) -> str | None:
+    """One line for an error that stops the start-up (trio wraps what a nursery's
+    body raises in an ExceptionGroup); None for anything else (a bug: traceback)."""
+    for leaf in _leaves(exc):
+        if isinstance(leaf, DataDirError):
+            return str(leaf)
+        if isinstance(leaf, OSError):
+            reason = leaf.strerror or str(leaf)
+            if leaf.filename is not None:  # a data-directory file
+                return f"{leaf.filename}: {reason}"
+            return f"cannot listen on {config.bind}:{config.port}: {reason}"
+    return None
 
 
 async def _serve_until_stopped(config: Config) -> None:

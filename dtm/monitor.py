@@ -5,10 +5,11 @@ A transaction (EXEC, or one multi-key command whose keys span buckets) goes thro
 1. **prepare** — take the key locks of every key it reads or writes, in one global order
    (slot, database, key), waiting where another transaction holds one; then validate
    the WATCHes. Ordered acquisition means two transactions never deadlock.
-2. **decide** — commit unless prepare failed; a mode that promises durability records
-   the decision (awaited) while the locks are still held.
-3. **commit** — apply every command on its bucket in one synchronous step (no await, so
-   nobody can observe half of it), then release the locks and wake the waiters.
+2. **commit** — apply every command on its bucket in one synchronous step (no await, so
+   nobody can observe half of it).
+3. **decide** — a mode that promises durability records what was applied (awaited)
+   while the locks are still held, so nobody sees it before it is durable; if the mode
+   refuses it, the keys are put back. Then the locks are released and waiters woken.
 
 Any failure before the apply (a broken WATCH, a client gone while waiting for a lock)
 releases everything and applies nothing anywhere. Commands that only need one bucket
@@ -30,7 +31,9 @@ import structlog
 import trio
 
 from dtm.bucket import Slot, WatchState
+from dtm.errors import CommandError
 from dtm.resp import NULL_ARRAY
+from dtm.store import Undo
 
 if TYPE_CHECKING:
     from modes.base import DurabilityMode
@@ -63,7 +66,7 @@ class KeyLock:
     """A key's lock. Its event exists only once somebody waits for it (most locks are
     released before anyone does)."""
 
-    __slots__ = ("txid", "_released")
+    __slots__ = ("_released", "txid")
 
     def __init__(self, txid: int) -> None:
         self.txid = txid
@@ -190,12 +193,45 @@ class Monitor:
                 return self._abort(txid)
             if needs_decision:
                 assert record is not None
-                # The mode's commit is not cancellable once it has taken the record (its
-                # contract): the transaction is then applied, or fails as a whole.
-                await self.mode.commit(record(txid))
+                return await self._apply_then_log(apply, watch, record(txid), held, exclusive, cross)
             return self._finish(apply, watch, cross=cross)
         finally:
             self._release(held, exclusive)
+
+    async def _apply_then_log(self, apply: Callable[[], Any], watch: WatchState | None,
+                              logged: CommitRecord, held: list[Target], exclusive: bool,
+                              cross: bool) -> Any:
+        """Apply under the locks, then make durable only what was applied: a command
+        that failed (a limit of the day, a wrong type) is never logged, so replay, which
+        consults no run-time limit, reproduces exactly what ran. Nobody sees the change
+        before it is durable (its keys stay locked), and if the mode refuses it (a
+        failed log write) the keys get back their old values: never acknowledged."""
+        self.mode.check_writable()
+        if exclusive:
+            # Undoing would mean copying the whole keyspace: a whole-keyspace
+            # transaction is logged whole before it runs (docs/guarantees.md).
+            await self.mode.commit(logged)
+            return self._finish(apply, watch, cross=cross)
+        saved = [(slot, key, Undo.keep(slot.data.get(key)), slot.expires.get(key))
+                 for slot, key in held]
+        try:
+            result = self._finish(apply, watch, cross=cross)
+            applied = _applied(logged, result)
+            if applied is not None:
+                # Not cancellable once the mode has taken the record (its contract): the
+                # transaction is then durable, or fails as a whole.
+                await self.mode.commit(applied)
+        except BaseException:
+            for slot, key, undo, deadline in saved:
+                value = undo.restore()
+                if value is None:
+                    slot.delete(key)
+                else:
+                    slot.store(key, value, deadline)
+            raise
+        for _, _, undo, _ in saved:
+            undo.forget()
+        return result
 
     def _finish(self, apply: Callable[[], Any], watch: WatchState | None, *, cross: bool) -> Any:
         if watch is not None and watch.broken():
@@ -245,6 +281,19 @@ class Monitor:
             lock = self.exclusive
             self.exclusive = None
             lock.release()
+
+
+def _applied(logged: CommitRecord, result: Any) -> CommitRecord | None:
+    """logged without the commands that failed (they changed nothing); None when
+    nothing is left to log."""
+    if result is NULL_ARRAY or isinstance(result, CommandError):
+        return None
+    if (isinstance(result, list) and len(result) == len(logged.commands)  # EXEC's replies
+            and any(isinstance(reply, CommandError) for reply in result)):
+        kept = tuple(cmd for cmd, reply in zip(logged.commands, result, strict=True)
+                     if not isinstance(reply, CommandError))
+        return attrs.evolve(logged, commands=kept) if kept else None
+    return logged
 
 
 def _lock_order(targets: list[Target]) -> list[Target]:

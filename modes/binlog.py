@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from dtm.errors import err
 from modes.base import CommitRecord, SnapshottingMode, misconf
 from modes.datadir import DataDirError
-from modes.record import MAGIC, Problem, encode_record, scan
-from modes.replay import ReplaySession, apply_record
+from modes.record import MAGIC, RecordTooLarge, encode_record
 from modes.snapshots import capture
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("dtm.binlog")
 
 RETRY_PERIOD = 1.0
-PROGRESS_RECORDS = 500_000  # a start-up progress line every this many records
 # Syncs faster than this (on a running average) run in the event loop; slower ones move
 # to a worker thread, and come back below half of it.
 INLINE_SYNC_LIMIT = 0.001
@@ -101,30 +100,9 @@ class BinlogMode(SnapshottingMode):
 
     def recover(self, server: Server) -> None:
         started = time.perf_counter()
+        self.datadir.check_usable()
         manifest = self.load_snapshot(server)
-        first = manifest["log"] if manifest is not None and manifest["log"] is not None else 0
-        seqs = [seq for seq in self.datadir.log_seqs() if seq >= first]
-        session = ReplaySession(server)
-        for position, seq in enumerate(seqs):
-            path = self.datadir.log_path(seq)
-            result, records = scan(path.read_bytes())
-            last = position == len(seqs) - 1
-            if result.problem is not Problem.NONE:
-                if not (last and result.problem is Problem.TORN):
-                    raise DataDirError(
-                        f"binlog {path}: {result.detail} ({result.problem.value}); "
-                        f"`dtm check {self.datadir.path} --repair` cuts the log there, "
-                        f"losing what follows"
-                    )
-                self.cut_bytes = path.stat().st_size - result.good_end
-                log.warning("binlog tail torn by a crash: cut", file=str(path),
-                            at=result.good_end, bytes_cut=self.cut_bytes, detail=result.detail)
-                self._truncate_file(path, result.good_end)
-            for record in records:
-                apply_record(session, record)
-                self.replayed += 1
-                if self.replayed % PROGRESS_RECORDS == 0:
-                    log.info("replaying binlog", file=str(path), records=self.replayed)
+        seqs = self.replay_logs(server, manifest)
         if seqs:
             self._open_log(seqs[-1])
         else:
@@ -133,14 +111,6 @@ class BinlogMode(SnapshottingMode):
         log.info("recovered", snapshot_keys=self.recovered_keys, records_replayed=self.replayed,
                  seconds=round(time.perf_counter() - started, 3))
 
-    def _truncate_file(self, path: Any, size: int) -> None:
-        fd = self.datadir.ops.open(path, os.O_WRONLY)
-        try:
-            self.datadir.ops.truncate(fd, size)
-            self.datadir.ops.fsync(fd)
-        finally:
-            self.datadir.ops.close(fd)
-
     def _open_log(self, seq: int) -> None:
         """Make seq the log appended to (creating it with its header if new)."""
         ops = self.datadir.ops
@@ -148,9 +118,16 @@ class BinlogMode(SnapshottingMode):
         fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         size = os.fstat(fd).st_size
         if size == 0:
-            ops.write(fd, MAGIC)
-            ops.fsync(fd)
-            ops.fsync_dir(path.parent)
+            try:
+                ops.write(fd, MAGIC)
+                ops.fsync(fd)
+                ops.fsync_dir(path.parent)
+            except OSError:
+                # A headless log left between two good ones would read as damage at
+                # the next start: it never held a record, so it goes.
+                ops.close(fd)
+                path.unlink(missing_ok=True)
+                raise
             size = len(MAGIC)
         if self.fd is not None:
             ops.close(self.fd)
@@ -158,11 +135,20 @@ class BinlogMode(SnapshottingMode):
 
     # ------------------------------------------------------------ commits
 
-    async def commit(self, record: CommitRecord) -> None:
+    def check_writable(self) -> None:
         if self.error is not None:
             raise misconf(self.error)
+
+    async def commit(self, record: CommitRecord) -> None:
+        self.check_writable()
+        try:
+            encoded = encode_record(record.txid, record.time_ms, record.commands)
+        except RecordTooLarge as exc:
+            # Refused before anything is applied or acknowledged: a record the log's
+            # length field cannot hold could never be replayed.
+            raise err(f"transaction too large for the binlog: {exc}") from None
         batch = self._batch
-        batch.items.append(encode_record(record.txid, record.time_ms, record.commands))
+        batch.items.append(encoded)
         self._work.set()
         if self.fsync_always:
             batch.waiters.append(trio.lowlevel.current_task())
@@ -316,8 +302,14 @@ class BinlogMode(SnapshottingMode):
         async with self._file_lock:
             await self._write_batch()
             if self.fd is not None and self.error is None and self.size > self.synced_size:
-                self.datadir.ops.fdatasync(self.fd)
-                self.synced_size = self.size
+                try:
+                    self.datadir.ops.fdatasync(self.fd)
+                except OSError as exc:
+                    # Logged; as Redis at exit, go on: with --fsync always nothing
+                    # unsynced was acknowledged.
+                    self._fail(exc)
+                else:
+                    self.synced_size = self.size
         if save:
             await self._final_snapshot(server)
         if self.fd is not None:

@@ -1,16 +1,22 @@
 """``dtm check DIR [--repair]``: verify a data directory without changing it (format,
-manifest, every snapshot file's checksum, every log record), and with ``--repair`` cut
-a damaged log at its last good record, as redis-check-aof --fix does."""
+manifest and every file it names, every snapshot file's checksum, every log record, and
+a replay of the logs in memory), and with ``--repair`` cut a damaged log at its last
+good record, as redis-check-aof --fix does."""
 
 from __future__ import annotations
 
-import json
 import os
+from pathlib import Path
+from typing import Any
 
 import attrs
 
 from modes.datadir import DATA_FORMAT, FORMAT_FILE, DataDir, DataDirError
-from modes.record import Problem, scan
+from modes.record import LogRecord, Problem, scan
+from modes.replay import ReplayError, ReplaySession, apply_record
+from modes.snapshots import restore
+
+MAX_SHOWN = 10  # failing commands listed one by one per log
 
 
 @attrs.define
@@ -39,40 +45,43 @@ def check(directory: str, repair: bool = False) -> CheckReport:
         report.bad(f"{marker} missing: not a dtm data directory")
         return report
     try:
-        found = json.loads(marker.read_text()).get("dtm_data_format")
-    except (ValueError, AttributeError):
-        found = None
-    if found != DATA_FORMAT:
-        report.bad(f"data format {found!r}, this dtm reads {DATA_FORMAT}")
-        return report
-    report.ok(f"data format {DATA_FORMAT}")
-    first_log = 0
-    try:
-        manifest = datadir.load_manifest()
+        datadir.read_format()
     except DataDirError as exc:
         report.bad(str(exc))
-        manifest = None
+        return report
+    report.ok(f"data format {DATA_FORMAT}")
+    try:
+        manifest = datadir.current_manifest()
+    except DataDirError as exc:
+        report.bad(str(exc))
+        manifest = datadir.load_manifest_quietly()
     if manifest is None:
-        report.ok("no snapshot yet")
+        report.ok("no snapshot")
     else:
         report.ok(f"manifest: snapshot {manifest['seq']}, {manifest['keys']} keys in "
                   f"{len(manifest['files'])} bucket files, log {manifest['log']}")
-        first_log = manifest["log"] or manifest["seq"]
         for entry in manifest["files"]:
             try:
                 datadir.read_bucket(entry)
                 report.ok(f"{entry['file']}: {entry['keys']} keys, checksum good")
             except DataDirError as exc:
                 report.bad(str(exc))
-    seqs = [seq for seq in datadir.log_seqs() if seq >= first_log] if datadir.logs.exists() else []
+    seqs = datadir.logs_after(manifest)
+    logs: list[tuple[Path, list[LogRecord]]] = []
     for position, seq in enumerate(seqs):
         path = datadir.log_path(seq)
-        result, _ = scan(path.read_bytes())
+        name = path.relative_to(datadir.path)
+        result, records = scan(path.read_bytes())
+        logs.append((path, records))
         if result.problem is Problem.NONE:
-            report.ok(f"{path.relative_to(datadir.path)}: {result.records} records")
+            report.ok(f"{name}: {result.records} records")
             continue
-        report.bad(f"{path.relative_to(datadir.path)}: {result.records} good records, then "
-                   f"{result.problem.value}: {result.detail}")
+        if result.problem is Problem.TORN and position == len(seqs) - 1:
+            report.bad(f"{name}: {result.records} good records, then a torn tail ({result.detail}); "
+                       "the server cuts it at start-up")
+        else:
+            report.bad(f"{name}: {result.records} good records, then {result.problem.value}: "
+                       f"{result.detail}; the server refuses to start")
         if repair and result.problem is not Problem.BAD_HEADER:
             size = path.stat().st_size
             fd = os.open(path, os.O_WRONLY)
@@ -81,11 +90,45 @@ def check(directory: str, repair: bool = False) -> CheckReport:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            report.fixed(f"{path.relative_to(datadir.path)} cut at byte {result.good_end} "
-                         f"({size - result.good_end} bytes dropped)")
+            report.fixed(f"{name} cut at byte {result.good_end} ({size - result.good_end} bytes dropped)")
             for later in seqs[position + 1 :]:
                 datadir.log_path(later).unlink()
                 report.fixed(f"{datadir.log_path(later).relative_to(datadir.path)} removed "
                              "(it followed the damage)")
-            break
+        break
+    if not report.problems and any(records for _, records in logs):
+        _replay(datadir, manifest, logs, report)
     return report
+
+
+def _replay(datadir: DataDir, manifest: dict[str, Any] | None,
+            logs: list[tuple[Path, list[LogRecord]]], report: CheckReport) -> None:
+    """Replay the logs on the snapshot as a start-up would (in memory only): a logged
+    command that fails or raises then is reported. This dtm logs only what it applied,
+    so such a command was logged by an older dtm, or the log is damaged."""
+    from dtm.config import Config
+    from dtm.server import Server
+
+    databases = max(16, manifest["databases"] if manifest is not None else 0)
+    server = Server(Config(port=0, mode="none", dir=str(datadir.path), databases=databases))
+    if manifest is not None:
+        restore(datadir, server.keyspace, manifest)
+    session = ReplaySession(server)
+    for path, records in logs:
+        name = path.relative_to(datadir.path)
+        failed = 0
+        for record in records:
+            try:
+                for argv, error in apply_record(session, record):
+                    failed += 1
+                    if failed <= MAX_SHOWN:
+                        command = b" ".join(arg[:40] for arg in argv[:4]).decode("utf-8", "replace")
+                        report.bad(f"{name}: txid {record.txid}: `{command}` fails when replayed "
+                                   f"({error}); it is skipped")
+            except ReplayError as exc:
+                report.bad(f"{name}: {exc}; the server refuses to start")
+                return
+        if failed > MAX_SHOWN:
+            report.bad(f"{name}: {failed - MAX_SHOWN} more commands fail when replayed")
+        if not failed:
+            report.ok(f"{name}: replays cleanly")

@@ -6,9 +6,16 @@ single command or a whole transaction, whatever buckets it spans)::
     u32 payload length | u32 CRC-32 of payload | payload
     payload = u64 txid | i64 time_ms | u32 commands | commands × (u16 db | u32 argc | argc × (u32 len | bytes))
 
-``scan`` reads a log image and says where the good records end and why it stopped: a
-*torn* tail (the last record runs past the end of the file: a crash mid-write) is cut;
-a *corrupt* record followed by more data is refused, as redis-check-aof does.
+``scan`` reads a log image and says where the good records end and why it stopped. Only
+a *torn* end may be cut: the last record runs past the end of the file and what is
+there of it is an unfinished record (a crash mid-write). Anything else is *corrupt* and
+refused, as Redis refuses an AOF with "Bad file format": a checksum mismatch even in
+the last record (a crash cuts a file short, it does not change bytes), and a length
+that runs past the end while the record's own contents end before it (a damaged length
+field in the middle of the log must not pass for a torn tail and cut what follows).
+
+A record is at most ``MAX_RECORD`` bytes: ``encode_record`` refuses a bigger one (the
+binlog then refuses the transaction before applying or acknowledging it).
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ _LEN = struct.Struct("<I")
 MAX_RECORD = 1 << 31
 
 
+class RecordTooLarge(ValueError):
+    """A write whose record would not fit the format's u32 length."""
+
+
 @attrs.frozen
 class LogRecord:
     txid: int
@@ -43,7 +54,32 @@ def encode_record(txid: int, time_ms: int, commands: tuple[tuple[int, tuple[byte
             parts.append(_LEN.pack(len(arg)))
             parts.append(arg)
     payload = b"".join(parts)
+    if len(payload) > MAX_RECORD:
+        raise RecordTooLarge(f"{len(payload)} bytes, the record limit is {MAX_RECORD}")
     return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _ends_within(partial: bytes) -> bool:
+    """True when partial (the bytes after a record header, up to the end of the file)
+    already holds a whole payload: then the record is not unfinished, its length is
+    damaged."""
+    if len(partial) < _TX.size:
+        return False
+    _, _, count = _TX.unpack_from(partial, 0)
+    offset = _TX.size
+    for _ in range(count):
+        if offset + _CMD.size > len(partial):
+            return False
+        _, argc = _CMD.unpack_from(partial, offset)
+        offset += _CMD.size
+        for _ in range(argc):
+            if offset + _LEN.size > len(partial):
+                return False
+            (size,) = _LEN.unpack_from(partial, offset)
+            offset += _LEN.size + size
+            if offset > len(partial):
+                return False
+    return True
 
 
 def decode_payload(payload: bytes) -> LogRecord:
@@ -111,18 +147,22 @@ def _iterate(data: bytes, offset: int) -> Iterator[tuple[LogRecord | None, int, 
             yield None, offset, Problem.CORRUPT, f"impossible record length at offset {offset}"
             return
         if end > total:
-            yield None, offset, Problem.TORN, f"record at offset {offset} runs past the end of the file"
+            if _ends_within(data[offset + _HEAD.size :]):
+                yield None, offset, Problem.CORRUPT, (
+                    f"record at offset {offset} claims {size} bytes, past the end of the file, "
+                    f"but its contents end before: damaged length"
+                )
+            else:
+                yield None, offset, Problem.TORN, f"record at offset {offset} runs past the end of the file"
             return
         payload = data[offset + _HEAD.size : end]
-        last = end == total
         if zlib.crc32(payload) != checksum:
-            kind = Problem.TORN if last else Problem.CORRUPT
-            yield None, offset, kind, f"checksum mismatch in record at offset {offset}"
+            yield None, offset, Problem.CORRUPT, f"checksum mismatch in record at offset {offset}"
             return
         try:
             record = decode_payload(payload)
         except (ValueError, struct.error) as exc:
-            yield None, offset, Problem.TORN if last else Problem.CORRUPT, f"record at offset {offset}: {exc}"
+            yield None, offset, Problem.CORRUPT, f"record at offset {offset}: {exc}"
             return
         yield record, end, Problem.NONE, ""
         offset = end

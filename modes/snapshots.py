@@ -18,7 +18,7 @@ import attrs
 import structlog
 import trio
 
-from dtm import clock
+from dtm import clock, store
 from modes.datadir import DataDir, DataDirError, new_manifest
 from modes.snapshot import Entry
 
@@ -56,6 +56,7 @@ class SaveStats:
 
 def capture(keyspace: Keyspace, seq: int) -> Captured:
     started = time.perf_counter()
+    store.captured()  # values edited in place from now on are copied first (dtm/store.py)
     buckets: list[BucketCut] = []
     for bucket in keyspace.buckets:
         cut: BucketCut = []
@@ -113,9 +114,11 @@ class Snapshotter:
                 self.stats.last_pause_ms = captured.pause_ms
                 self.stats.max_pause_ms = max(self.stats.max_pause_ms, captured.pause_ms)
                 manifest = await trio.to_thread.run_sync(write_captured, self.datadir, captured, log_seq)
-            except (OSError, DataDirError) as exc:
-                self.stats.last_status = "err"
-                log.error("snapshot failed", error=str(exc))
+            except (OSError, DataDirError):
+                self.stats.last_status = "err"  # the caller logs it
+                if captured is not None:
+                    # its partial folder would keep a full disk full
+                    await trio.to_thread.run_sync(self.datadir.discard_snapshot, captured.seq)
                 raise
             finally:
                 self.stats.in_progress = False
@@ -127,7 +130,10 @@ class Snapshotter:
             log.info("snapshot written", seq=manifest["seq"], keys=manifest["keys"],
                      pause_ms=round(captured.pause_ms, 2),
                      duration_ms=round(self.stats.last_duration_ms, 1))
-            await trio.to_thread.run_sync(self.datadir.remove_older_than, manifest["seq"])
+            try:
+                await trio.to_thread.run_sync(self.datadir.remove_older_than, manifest["seq"])
+            except OSError as exc:  # the new snapshot is current all the same
+                log.warning("old snapshots or logs could not be removed", error=str(exc))
             return manifest
 
     def info(self) -> dict[str, Any]:

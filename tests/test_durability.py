@@ -12,7 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -92,6 +95,21 @@ class FailingOps(FileOps):
 
 def config_for(directory: Path, mode: str, **settings: object) -> Config:
     return Config(port=0, mode=mode, dir=str(directory), **settings)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def failing_disk_server(directory: Path, mode: str,
+                              **settings: Any) -> AsyncIterator[tuple[RawClient, FailingOps]]:
+    """A server in mode on directory whose file layer fails on demand, and a client;
+    the server is stopped (as by a crash) when the block ends, within 20 s."""
+    ops = FailingOps()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            mode_object = create_mode(config_for(directory, mode, **settings), ops)
+            server = await start_server(nursery, mode=mode, dir=str(directory),
+                                        mode_object=mode_object, **settings)
+            yield await RawClient.connect(server.port), ops
+            nursery.cancel_scope.cancel()
 
 
 def recovered(directory: Path, mode: str = "binlog", **settings: object) -> Server:
@@ -353,28 +371,22 @@ async def test_failing_sync_is_never_acknowledged_and_writes_resume(tmp_path: Pa
 
 async def _failing_disk(tmp_path: Path, error: OSError, on: str) -> None:
     directory = tmp_path / "data"
-    ops = FailingOps()
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            mode = create_mode(config_for(directory, "binlog"), ops)
-            server = await start_server(nursery, mode="binlog", dir=str(directory), mode_object=mode)
-            client = await RawClient.connect(server.port)
-            assert await client.call("SET", "k", "before") == b"OK"
-            if on == "write":
-                ops.write_error = error
-            else:
-                ops.sync_error = error
-            reply = await client.call("SET", "k", "during")
-            assert str(reply).startswith("MISCONF") and error.strerror in str(reply)
-            assert await client.call("GET", "k") == b"before"  # not applied; reads work
-            assert str(await client.call("INCR", "other")).startswith("MISCONF")
-            ops.write_error = ops.sync_error = None
-            while True:  # writes resume once the log is cut back and synced
-                reply = await client.call("SET", "k", "after")
-                if reply == b"OK":
-                    break
-                await trio.sleep(0.1)
-            nursery.cancel_scope.cancel()
+    async with failing_disk_server(directory, "binlog") as (client, ops):
+        assert await client.call("SET", "k", "before") == b"OK"
+        if on == "write":
+            ops.write_error = error
+        else:
+            ops.sync_error = error
+        reply = await client.call("SET", "k", "during")
+        assert str(reply).startswith("MISCONF") and error.strerror in str(reply)
+        assert await client.call("GET", "k") == b"before"  # not applied; reads work
+        assert str(await client.call("INCR", "other")).startswith("MISCONF")
+        ops.write_error = ops.sync_error = None
+        while True:  # writes resume once the log is cut back and synced
+            reply = await client.call("SET", "k", "after")
+            if reply == b"OK":
+                break
+            await trio.sleep(0.1)
     restarted = recovered(directory)
     assert value(restarted, "k") == b"after" and value(restarted, "other") is None
 
@@ -492,3 +504,137 @@ async def test_client_killed_during_its_sync_is_applied_in_memory_and_on_disk(tm
             assert await killer.call("GET", "k") == b"decided"
             crash.cancel_scope.cancel()
     assert value(recovered(directory), "k") == b"decided"
+
+
+# ------------------------------------------------------------ apply, then log
+
+
+async def test_a_transaction_whose_log_write_fails_is_undone_in_every_bucket(tmp_path: Path) -> None:
+    """Writes are applied under their locks before they are logged (so only what ran is
+    logged); a log write that fails must put every key back."""
+    directory = tmp_path / "data"
+    async with failing_disk_server(directory, "binlog") as (client, ops):
+        keys = [f"key:{i}" for i in range(8)]  # several buckets
+        assert await client.call("MSET", *[x for k in keys for x in (k, "old")]) == b"OK"
+        assert await client.call("DEL", "absent") == 0
+        ops.write_error = OSError(errno.ENOSPC, "No space left on device")
+        reply = await client.call("MSET", "absent", "new", *[x for k in keys for x in (k, "new")])
+        assert str(reply).startswith("MISCONF")
+        assert await client.call("MGET", "absent", *keys) == [None] + [b"old"] * len(keys)
+    restarted = recovered(directory)
+    assert [value(restarted, k) for k in keys] == [b"old"] * len(keys)
+
+
+async def test_in_place_edits_whose_log_write_fails_are_undone_byte_for_byte(tmp_path: Path) -> None:
+    """APPEND, SETRANGE, SETBIT and BITFIELD edit a value in place; undoing them after a
+    failed log write reverses the edits (the journal), without copying the value first."""
+    directory = tmp_path / "data"
+    async with failing_disk_server(directory, "binlog") as (client, ops):
+        assert await client.call("SET", "v", "abcdef") == b"OK"
+        assert await client.call("APPEND", "v", "gh") == 8  # now a value edited in place
+        before = await client.call("GET", "v")
+        ops.write_error = OSError(errno.ENOSPC, "No space left on device")
+        for command in (("APPEND", "v", "XYZ"), ("SETRANGE", "v", "2", "0123456789"),
+                        ("SETBIT", "v", "3", "1"), ("BITFIELD", "v", "SET", "u8", "100", "255")):
+            assert str(await client.call(*command)).startswith("MISCONF"), command
+            assert await client.call("GET", "v") == before, command
+        await client.call("MULTI")
+        await client.call("SETRANGE", "v", "0", "zz")
+        await client.call("APPEND", "v", "tail")
+        assert str(await client.call("EXEC")).startswith("MISCONF")
+        assert await client.call("GET", "v") == before
+    assert value(recovered(directory), "v") == before
+
+
+async def test_a_record_too_large_for_the_log_is_refused_before_it_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import modes.record
+
+    monkeypatch.setattr(modes.record, "MAX_RECORD", 10_000)
+    directory = tmp_path / "data"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, mode="binlog", dir=str(directory))
+            client = await RawClient.connect(server.port)
+            assert await client.call("SET", "small", "1") == b"OK"
+            reply = await client.call("SET", "big", "x" * 20_000)
+            assert "too large for the binlog" in str(reply)
+            await client.call("MULTI")
+            await client.call("SET", "in-tx", "1")
+            await client.call("SET", "big", "x" * 20_000)
+            assert "too large for the binlog" in str(await client.call("EXEC"))
+            assert await client.call("MGET", "big", "in-tx") == [None, None]
+            assert await client.call("SET", "after", "1") == b"OK"
+            nursery.cancel_scope.cancel()
+    restarted = recovered(directory)
+    assert [value(restarted, k) for k in ("small", "big", "in-tx", "after")] == [b"1", None, None, b"1"]
+
+
+async def test_bgsave_schedule_keeps_at_most_one_save_pending(tmp_path: Path) -> None:
+    class SlowSnapshotOps(FileOps):
+        def fsync(self, fd: int) -> None:
+            time.sleep(0.05)  # in the snapshot's worker thread: the save takes a while
+            super().fsync(fd)
+
+    directory = tmp_path / "data"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            mode = create_mode(config_for(directory, "none"), SlowSnapshotOps())
+            server = await start_server(nursery, dir=str(directory), mode_object=mode)
+            client = await RawClient.connect(server.port)
+            assert await client.call("BGSAVE") == b"Background saving started"
+            for _ in range(5):
+                assert await client.call("BGSAVE", "SCHEDULE") == b"Background saving scheduled"
+            while int(await _info(client, "rdb_saves")) < 2 or await _info(client, "rdb_bgsave_in_progress") != "0":
+                await trio.sleep(0.02)
+            await trio.sleep(0.3)  # room for a third save, were one pending
+            assert await _info(client, "rdb_saves") == "2"
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_new_log_whose_header_cannot_be_written_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A compaction whose new log fails at its header must not leave a headless log
+    between two good ones: the next start would take it for damage and refuse."""
+    class NoNewLogs(FileOps):
+        armed = False
+
+        def write(self, fd: int, data: bytes | memoryview) -> None:
+            if self.armed and bytes(data[:8]) == b"DTMLOG01":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().write(fd, data)
+
+    directory = tmp_path / "data"
+    ops = NoNewLogs()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            mode = create_mode(config_for(directory, "binlog"), ops)
+            server = await start_server(nursery, mode="binlog", dir=str(directory), mode_object=mode)
+            client = await RawClient.connect(server.port)
+            assert await client.call("SET", "a", "1") == b"OK"
+            ops.armed = True
+            assert "snapshot failed" in str(await client.call("SAVE"))
+            assert await client.call("SET", "b", "2") == b"OK"  # the old log goes on
+            nursery.cancel_scope.cancel()
+    assert len(list((directory / "binlog").glob("*.log"))) == 1
+    restarted = recovered(directory)
+    assert (value(restarted, "a"), value(restarted, "b")) == (b"1", b"2")
+
+
+async def test_checkpoint_mode_refuses_writes_while_checkpoints_fail(tmp_path: Path) -> None:
+    """The same as the full-disk test in test_data_safety, without needing root."""
+    directory = tmp_path / "data"
+    async with failing_disk_server(directory, "checkpoint", checkpoint_interval=0.05) as (client, ops):
+        assert await client.call("SET", "before", "1") == b"OK"
+        ops.write_error = OSError(errno.EMFILE, "Too many open files")
+        while (reply := await client.call("SET", "during", "1")) == b"OK":
+            await trio.sleep(0.01)
+        assert str(reply).startswith("MISCONF dtm is configured to save checkpoints")
+        assert await _info(client, "rdb_last_bgsave_status") == "err"
+        assert await client.call("GET", "before") == b"1"
+        assert str(await client.call("MSET", "x", "1", "y", "2")).startswith("MISCONF")
+        ops.write_error = None
+        while await client.call("SET", "after", "1") != b"OK":
+            await trio.sleep(0.01)
+        assert await client.call("SAVE") == b"OK"
+    restarted = recovered(directory, "checkpoint")
+    assert (value(restarted, "before"), value(restarted, "after"), value(restarted, "x")) == (b"1", b"1", None)

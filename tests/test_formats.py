@@ -6,8 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modes.record import MAGIC, Problem, encode_record, scan
-from modes.snapshot import SnapshotEncoder, SnapshotError, decode_manifest, decode_snapshot, encode_manifest
+from modes.record import MAGIC, Problem, RecordTooLarge, encode_record, scan
+from modes.snapshot import (
+    SnapshotEncoder,
+    SnapshotError,
+    decode_manifest,
+    decode_snapshot,
+    encode_manifest,
+)
 
 commands = st.lists(
     st.tuples(st.integers(0, 15), st.lists(st.binary(max_size=20), min_size=1, max_size=4).map(tuple)),
@@ -39,16 +45,36 @@ def test_truncation_at_every_offset_of_the_last_record_is_a_torn_tail() -> None:
         assert result.problem is (Problem.NONE if cut == last_start else Problem.TORN)
 
 
-def test_a_flipped_byte_in_the_last_record_is_torn_and_earlier_is_corrupt() -> None:
-    data, last_start = _log(5)
-    flipped = bytearray(data)
-    flipped[-3] ^= 0xFF
-    result, records = scan(bytes(flipped))
-    assert (result.problem, len(records)) == (Problem.TORN, 4)
-    flipped = bytearray(data)
-    flipped[len(MAGIC) + 12] ^= 0xFF  # inside the first record
-    result, records = scan(bytes(flipped))
-    assert (result.problem, len(records)) == (Problem.CORRUPT, 0)
+def test_a_flipped_byte_anywhere_is_corrupt_even_in_the_last_record() -> None:
+    """A crash cuts a file short; it does not change bytes. Only a short end is torn."""
+    data, _ = _log(5)
+    for position in (len(data) - 3, len(MAGIC) + 12):
+        flipped = bytearray(data)
+        flipped[position] ^= 0xFF
+        result, _ = scan(bytes(flipped))
+        assert result.problem is Problem.CORRUPT, position
+
+
+def test_a_damaged_length_in_the_middle_is_corrupt_not_a_torn_tail() -> None:
+    """A length that runs past the end of the file while the record's contents end
+    before it is damage, not a crash mid-write: cutting there would drop every later
+    record."""
+    data, _ = _log(5)
+    second = len(MAGIC) + len(encode_record(0, 1000, ((0, (b"SET", b"k0", b"v")),)))
+    for byte in range(4):  # every byte of the second record's length field
+        damaged = bytearray(data)
+        damaged[second + byte] = 0xFF
+        result, records = scan(bytes(damaged))
+        assert (result.problem, len(records), result.good_end) == (Problem.CORRUPT, 1, second), byte
+
+
+def test_records_bigger_than_the_length_field_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modes.record
+
+    monkeypatch.setattr(modes.record, "MAX_RECORD", 100)
+    encode_record(1, 1, ((0, (b"SET", b"k", b"v" * 10)),))
+    with pytest.raises(RecordTooLarge):
+        encode_record(1, 1, ((0, (b"SET", b"k", b"v" * 100)),))
 
 
 def test_foreign_file_is_refused() -> None:

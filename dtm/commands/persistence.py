@@ -23,7 +23,9 @@ async def shutdown(s: Session, argv: list[bytes]) -> Any:
             raise SYNTAX
         raise err("No shutdown in progress.")
     s.log.info("shutdown requested by client")
-    await s.server.request_shutdown(True if b"save" in options else False if b"nosave" in options else None)
+    refused = await s.server.request_shutdown(True if b"save" in options else False if b"nosave" in options else None)
+    if refused is not None:  # the save failed: Redis goes on serving, and says so
+        raise err("Errors trying to SHUTDOWN. Check logs.")
     s.close_after_reply = True
     return NO_REPLY
 
