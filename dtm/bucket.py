@@ -30,31 +30,30 @@ class WatchState:
     Redis 7), even if nobody has touched it yet."""
 
     dirty: bool = False
-    entries: list[tuple[Slot, bytes, bool]] = attrs.Factory(list)
+    # (database, key) -> (its slot, live when watched). A dict, so that watching N keys
+    # is O(N); SWAPDB re-points the slots (the watch stays on the database index).
+    entries: dict[tuple[int, bytes], tuple[Slot, bool]] = attrs.Factory(dict)
 
     def watch(self, slot: Slot, key: bytes) -> None:
-        for existing, existing_key, _ in self.entries:
-            if existing is slot and existing_key == key:
-                return
-        slot.watchers.setdefault(key, []).append(self)
-        self.entries.append((slot, key, slot.lookup(key, expire=False) is not None))
+        ident = (slot.shard.db, key)
+        if ident in self.entries:
+            return
+        slot.watchers.setdefault(key, {})[self] = None
+        self.entries[ident] = (slot, slot.lookup(key, expire=False) is not None)
 
     def broken(self) -> bool:
         if self.dirty:
             return True
-        for slot, key, was_live in self.entries:
+        for (_, key), (slot, was_live) in self.entries.items():
             if was_live and slot.is_expired(key):
                 return True
         return False
 
     def clear(self) -> None:
-        for slot, key, _ in self.entries:
+        for (_, key), (slot, _) in self.entries.items():
             watchers = slot.watchers.get(key)
             if watchers is not None:
-                try:
-                    watchers.remove(self)
-                except ValueError:
-                    pass
+                watchers.pop(self, None)
                 if not watchers:
                     del slot.watchers[key]
         self.entries.clear()
@@ -114,6 +113,8 @@ class Slot:
 
     def store(self, key: bytes, value: Value, expire_at: int | None = None) -> None:
         """Set key to value; expire_at replaces any TTL (None: no TTL)."""
+        if key not in self.data:
+            self._adding()
         self.data[key] = value
         if expire_at is not None:
             self.set_expire(key, expire_at)
@@ -123,6 +124,8 @@ class Slot:
             self.touch(key)
 
     def store_keep_ttl(self, key: bytes, value: Value) -> None:
+        if key not in self.data:
+            self._adding()
         self.data[key] = value
         if self.watchers:
             self.touch(key)
@@ -134,9 +137,20 @@ class Slot:
             self.expires[key] = at
             self.shard.note_deadline(at, key)
 
+    def _adding(self) -> None:
+        """A new key is about to be stored: keep the shard's counts (off the overwrite path)."""
+        shard = self.shard
+        shard.keys += 1
+        if not self.data:
+            shard.occupy(self.number)
+
     def delete(self, key: bytes) -> bool:
         if self.data.pop(key, None) is None:
             return False
+        shard = self.shard
+        shard.keys -= 1
+        if not self.data:
+            shard.vacate(self.number)
         if self.expires:
             self.expires.pop(key, None)
         if self.watchers:
@@ -156,21 +170,55 @@ class Shard:
         self.bucket = bucket
         self.db = db
         self.expires: dict[bytes, int] = {}
-        self.watchers: dict[bytes, list[WatchState]] = {}
+        # key -> the sessions watching it (a dict as an ordered set: O(1) unwatch)
+        self.watchers: dict[bytes, dict[WatchState, None]] = {}
         self.locks: dict[bytes, Any] = {}  # key -> the monitor's lock record
         self.slots = {n: Slot(self, n) for n in bucket.slots}
         self._deadlines: list[tuple[int, bytes]] = []
+        # Kept by every write, so that DBSIZE, RANDOMKEY, SCAN and FLUSHDB cost what
+        # they cost in Redis instead of a walk over every slot:
+        self.keys = 0  # stored keys, expired or not (Redis's DBSIZE counts those too)
+        self.first = bucket.slots.start
+        self.filled = bytearray(len(bucket.slots))  # 1 at (slot - first) when it holds keys
+        self.occupied: list[int] = []  # the slots holding keys, in no order: a random pick
+        self._place: dict[int, int] = {}  # slot -> its index in occupied
 
     def slot_of(self, key: bytes) -> Slot:
         return self.slots[key_slot(key)]
 
     def __len__(self) -> int:
-        return sum(len(slot.data) for slot in self.slots.values())
+        return self.keys
+
+    def occupy(self, number: int) -> None:
+        self.filled[number - self.first] = 1
+        self._place[number] = len(self.occupied)
+        self.occupied.append(number)
+
+    def vacate(self, number: int) -> None:
+        self.filled[number - self.first] = 0
+        index = self._place.pop(number)
+        last = self.occupied.pop()
+        if last != number:
+            self.occupied[index] = last
+            self._place[last] = index
+
+    def next_occupied(self, number: int) -> int | None:
+        """The first slot at or after number that holds keys (a C-speed scan)."""
+        found = self.filled.find(1, max(number - self.first, 0))
+        return None if found < 0 else found + self.first
+
+    def occupied_slots(self) -> Iterator[Slot]:
+        """The slots holding keys, in slot order."""
+        slots, filled, first = self.slots, self.filled, self.first
+        at = filled.find(1)
+        while at >= 0:
+            yield slots[at + first]
+            at = filled.find(1, at + 1)
 
     def items(self) -> Iterator[tuple[bytes, Value, int | None]]:
         """Every stored (key, value, deadline), expired or not: what a snapshot holds."""
         expires = self.expires
-        for slot in self.slots.values():
+        for slot in self.occupied_slots():
             for key, value in slot.data.items():
                 yield key, value, expires.get(key)
 
@@ -182,18 +230,27 @@ class Shard:
             heapq.heapify(self._deadlines)
 
     def flush(self) -> int:
-        """Remove every key; watchers of keys that existed see their watch broken."""
-        removed = 0
-        for slot in self.slots.values():
-            if self.watchers:
-                for key in self.watchers:
-                    if key in slot.data:
-                        slot.touch(key)
-            removed += len(slot.data)
-            slot.data.clear()
+        """Remove every key; watchers of keys that existed see their watch broken.
+        O(keys + watched keys), as Redis's."""
+        self.touch_existing()
+        removed = self.keys
+        for number in self.occupied:
+            self.slots[number].data.clear()
+        self.filled[:] = bytes(len(self.filled))
+        self.occupied.clear()
+        self._place.clear()
+        self.keys = 0
         self.expires.clear()
         self._deadlines.clear()
         return removed
+
+    def touch_existing(self, other: Shard | None = None) -> None:
+        """Break the watches on keys stored here (or in other): what FLUSHDB and SWAPDB
+        change (Redis's touchAllWatchedKeysInDb)."""
+        for key, states in self.watchers.items():
+            if key in self.slot_of(key).data or (other is not None and key in other.slot_of(key).data):
+                for state in states:
+                    state.dirty = True
 
     def expire_due(self, now: int, budget: int) -> int:
         """Active expiry: delete up to budget keys whose deadline has passed, skipping
@@ -232,6 +289,28 @@ class Bucket:
 
     def shards(self) -> Iterator[Shard]:
         return (shard for shard in self._shards if shard is not None)
+
+    def swap_shards(self, a: int, b: int) -> None:
+        """Exchange databases a and b (SWAPDB): each shard, with its slots, values and
+        deadlines, moves to the other index; the WATCHers stay with their index (Redis
+        keeps watched_keys per database), so the two watcher tables trade contents.
+        The shards are locked by nobody: SWAPDB holds the whole keyspace."""
+        first, second = self.shard(a), self.shard(b)
+        first.touch_existing(second)
+        second.touch_existing(first)
+        self._shards[a], self._shards[b] = second, first
+        first.db, second.db = b, a
+        moved = dict(first.watchers)
+        first.watchers.clear()
+        first.watchers.update(second.watchers)
+        second.watchers.clear()
+        second.watchers.update(moved)
+        for shard in (first, second):
+            for key, states in shard.watchers.items():
+                slot = shard.slot_of(key)
+                for state in states:
+                    _, was_live = state.entries[(shard.db, key)]
+                    state.entries[(shard.db, key)] = (slot, was_live)
 
     def key_count(self) -> int:
         return sum(len(shard) for shard in self.shards())

@@ -7,6 +7,7 @@ a key is one CRC and one list index.
 
 from __future__ import annotations
 
+import random
 from binascii import crc_hqx
 from collections.abc import Iterator
 
@@ -37,6 +38,17 @@ class Keyspace:
     def bucket_of(self, key: bytes) -> Bucket:
         return self.buckets[self.owners[key_slot(key)]]
 
+    def swap(self, a: int, b: int) -> None:
+        """SWAPDB a b: clients of either database see the other's keys at once. O(buckets
+        + keys watched in the two databases), as Redis's."""
+        if a == b:
+            return
+        first, second = self.view(a), self.view(b)
+        for bucket in self.buckets:
+            bucket.swap_shards(a, b)
+        first.table, second.table = second.table, first.table
+        first.shards, second.shards = second.shards, first.shards
+
 
 class DbView:
     """One logical database as command handlers see it: keys routed to their slots."""
@@ -62,7 +74,30 @@ class DbView:
         return self.table[crc_hqx(key, 0) & 16383].lookup(key)
 
     def size(self) -> int:
-        return sum(len(shard) for shard in self.shards)
+        return sum(shard.keys for shard in self.shards)
+
+    def occupied_from(self, number: int) -> Iterator[Slot]:
+        """The slots holding keys, from slot number on, in slot order (buckets own
+        contiguous ascending ranges), found without visiting the empty ones."""
+        for shard in self.shards:
+            if not shard.keys or shard.first + len(shard.filled) <= number:
+                continue
+            found = shard.next_occupied(number)
+            while found is not None:
+                yield shard.slots[found]
+                found = shard.next_occupied(found + 1)
+
+    def random_slot(self) -> Slot | None:
+        """A slot holding keys, each such slot as likely as another: O(buckets)."""
+        total = sum(len(shard.occupied) for shard in self.shards)
+        if not total:
+            return None
+        pick = random.randrange(total)
+        for shard in self.shards:
+            if pick < len(shard.occupied):
+                return shard.slots[shard.occupied[pick]]
+            pick -= len(shard.occupied)
+        raise AssertionError("unreachable")
 
     def expiring(self) -> int:
         return sum(len(shard.expires) for shard in self.shards)

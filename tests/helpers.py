@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import hiredis
+import redis
 import trio
 
 from dtm.config import Config
@@ -80,3 +81,29 @@ class RawClient:
 def encode_command(*args: bytes | str | int) -> bytes:
     parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
     return encode(parts)
+
+
+def normalize(reply: object) -> object:
+    """Errors (also inside EXEC's array) as comparable values."""
+    if isinstance(reply, Exception):
+        return ("error", type(reply).__name__, str(reply))
+    if isinstance(reply, list):
+        return [normalize(item) for item in reply]
+    return reply
+
+
+def replies_of(client: redis.Redis, commands: list[list[Any]]) -> list[object]:
+    """Every command's reply, errors as values, sent one after another on one connection
+    (so SELECT and MULTI hold): what differential tests compare between servers."""
+    conn = client.connection_pool.get_connection()
+    replies: list[object] = []
+    try:
+        for command in commands:
+            conn.send_command(*command)
+            try:
+                replies.append(normalize(conn.read_response()))
+            except redis.RedisError as exc:  # AuthenticationError is not a ResponseError
+                replies.append(normalize(exc))
+    finally:
+        client.connection_pool.release(conn)
+    return replies

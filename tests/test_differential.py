@@ -7,6 +7,8 @@ import random
 import pytest
 import redis
 
+from helpers import replies_of
+
 KEYS = ["a", "b", "c", "{t}x", "{t}y", "n", "f"]
 VALUES = ["", "0", "1", "-5", "10", "abc", "3.5", "9223372036854775807", "hello world"]
 
@@ -36,33 +38,20 @@ def random_command(rng: random.Random) -> list[str]:
         lambda: ["DBSIZE"], lambda: ["TOUCH", k()],
         lambda: ["ECHO", v()], lambda: ["PING"], lambda: ["UNLINK", k()],
         lambda: ["SET", k()], lambda: ["NOSUCH", k()], lambda: ["SELECT", rng.choice(["0", "1", "99", "x"])],
+        lambda: ["SETBIT", k(), str(rng.randrange(0, 90)), rng.choice(["0", "1"])],
+        lambda: ["GETBIT", k(), str(rng.randrange(0, 90))], lambda: ["BITCOUNT", k()],
+        lambda: ["BITCOUNT", k(), n(), n(), *rng.choice([[], ["BYTE"], ["BIT"]])],
+        lambda: ["BITPOS", k(), rng.choice(["0", "1"]), *rng.choice([[], [n()], [n(), n()]])],
+        lambda: ["BITPOS", k(), rng.choice(["0", "1"]), n(), n(), rng.choice(["BYTE", "BIT"])],
+        lambda: ["BITOP", rng.choice(["AND", "OR", "XOR"]), k(), k(), k()],
+        lambda: ["BITOP", "NOT", k(), k()],
+        lambda: ["LCS", k(), k(), *rng.choice([[], ["LEN"], ["IDX"], ["IDX", "MINMATCHLEN", "2", "WITHMATCHLEN"]])],
+        lambda: ["BITFIELD", k(), "OVERFLOW", rng.choice(["WRAP", "SAT", "FAIL"]), rng.choice(["SET", "INCRBY"]),
+                 rng.choice(["u8", "i5", "i64", "u63"]), str(rng.randrange(0, 40)), n()],
+        lambda: ["BITFIELD_RO", k(), "GET", rng.choice(["u8", "i16"]), rng.choice(["0", "#3", "33"])],
     ]
     command = rng.choice(choices)()
     return [part for item in command for part in (item.split(" ") if " " in item and item[0].isupper() else [item])]
-
-
-def normalize(reply: object) -> object:
-    """Errors (also inside EXEC's array) as comparable values."""
-    if isinstance(reply, Exception):
-        return ("error", type(reply).__name__, str(reply))
-    if isinstance(reply, list):
-        return [normalize(item) for item in reply]
-    return reply
-
-
-def run(client: redis.Redis, commands: list[list[str]]) -> list[object]:
-    conn = client.connection_pool.get_connection()
-    replies: list[object] = []
-    try:
-        for command in commands:
-            conn.send_command(*command)
-            try:
-                replies.append(normalize(conn.read_response()))
-            except redis.RedisError as exc:  # AuthenticationError is not a ResponseError
-                replies.append(normalize(exc))
-    finally:
-        client.connection_pool.release(conn)
-    return replies
 
 
 def transaction(rng: random.Random) -> list[list[str]]:
@@ -80,8 +69,8 @@ def test_random_sequences_match_redis(seed: int, dtm_server, redis_server: int) 
     theirs = redis.Redis(port=redis_server)
     ours.flushall()
     theirs.flushall()
-    dtm_replies = run(ours, commands)
-    redis_replies = run(theirs, commands)
+    dtm_replies = replies_of(ours, commands)
+    redis_replies = replies_of(theirs, commands)
     for command, mine, reference in zip(commands, dtm_replies, redis_replies, strict=True):
         assert mine == reference, f"{command}: dtm {mine!r} != redis {reference!r}"
     ours.close()
@@ -101,12 +90,21 @@ def test_random_sequences_match_redis(seed: int, dtm_server, redis_server: int) 
         ["INCRBYFLOAT", "k", "1e400"], ["CLIENT", "SETNAME", "a b"], ["CLIENT", "KILL", "1.2.3.4:5"],
         ["CONFIG", "SET", "foo", "1"], ["MULTI"], ["WATCH", "x"], ["MULTI"], ["DISCARD"],
         ["EXEC"], ["SELECT", "16"], ["MSET", "a"], ["MSET", "a", "1", "b"],
+        ["INCRBYFLOAT", "k", "1e-999999999"], ["INCRBYFLOAT", "k", "-1"], ["INCRBYFLOAT", "k", "0x10"],
+        ["INCRBYFLOAT", "k", "inf"], ["EXPIRE", "k", "-9223372036854776"],
+        ["EXPIREAT", "k", "-9223372036854776"], ["SETBIT", "k", "-1", "1"],
+        ["SETBIT", "k", "4294967296", "1"], ["SETBIT", "k", "1", "2"], ["GETBIT", "k", "x"],
+        ["BITOP", "NOT", "d", "a", "b"], ["BITOP", "NAND", "d", "a"], ["BITPOS", "k", "2"],
+        ["BITCOUNT", "k", "0"], ["BITCOUNT", "k", "0", "1", "FOO"], ["BITPOS", "k", "0", "1", "2", "3"],
+        ["OBJECT", "FOO"], ["OBJECT", "ENCODING", "k"], ["OBJECT", "REFCOUNT", "k"], ["OBJECT", "FREQ", "k"],
+        ["MEMORY", "USAGE", "k", "SAMPLES"], ["MEMORY", "USAGE", "nokey"], ["ROLE"],
+        ["CONFIG", "GET", "maxmemory", "maxmemory-policy", "databases"],
     ],
 )
 def test_error_texts_match_redis(command: list[str], dtm_server, redis_server: int) -> None:
     ours, theirs = dtm_server.client(), redis.Redis(port=redis_server)
     ours.set("k", "1")
     theirs.set("k", "1")
-    assert run(ours, [command]) == run(theirs, [command])
+    assert replies_of(ours, [command]) == replies_of(theirs, [command])
     ours.close()
     theirs.close()

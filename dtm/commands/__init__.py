@@ -1,9 +1,13 @@
 """The command table and its families; importing this package registers every command."""
 
 from dtm.commands import (  # noqa: F401
+    bits,
     connection,
     info,
+    introspection,
     keys,
+    lcs,
+    objects,
     persistence,
     server,
     strings,

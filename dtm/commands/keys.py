@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import random
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from dtm import clock
-from dtm.commands.args import LLONG_MAX, LLONG_MIN, integer
+from dtm.commands.args import expire_when, integer
 from dtm.commands.table import Scope, Shard_Key, command
-from dtm.errors import DB_RANGE, NO_SUCH_KEY, SYNTAX, err
-from dtm.glob import compile_glob
+from dtm.errors import DB_RANGE, NO_SUCH_KEY, SYNTAX, CommandError, err
+from dtm.glob import glob_filter
 from dtm.resp import parse_int
-from dtm.slots import SLOTS
+from dtm.store import share
 
 if TYPE_CHECKING:
     from dtm.session import Session
@@ -116,21 +117,72 @@ def copy(s: Session, argv: list[bytes]) -> Any:
     target_slot = s.server.keyspace.view(target_db).slot(target)
     if target_slot.lookup(target) is not None and not replace:
         return 0
-    target_slot.store(target, value, source_slot.ttl_at(source))
+    # Both keys now hold the one value object: an edit of either copies it first.
+    target_slot.store(target, share(value), source_slot.ttl_at(source))
     return 1
+
+
+def _move_db(s: Session, argv: list[bytes]) -> int:
+    db = integer(argv[2])
+    if not 0 <= db < s.server.keyspace.databases:
+        raise DB_RANGE
+    return db
+
+
+def _move_targets(s: Session, argv: list[bytes]) -> list[Shard_Key]:
+    try:
+        target_db = _move_db(s, argv)
+    except CommandError:
+        target_db = s.db.index  # the handler reports it
+    target = s.server.keyspace.view(target_db).slot(argv[1])
+    return [(s.db.slot(argv[1]), argv[1]), (target, argv[1])]
+
+
+@command("move", 3, "write fast", keys=(1, 1, 1), group=GROUP, summary="Move a key to another database", targets=_move_targets)
+def move(s: Session, argv: list[bytes]) -> Any:
+    key = argv[1]
+    target_db = _move_db(s, argv)
+    if target_db == s.db.index:
+        raise err("source and destination objects are the same")
+    source = s.db.slot(key)
+    value = source.lookup(key)
+    if value is None:
+        return 0
+    target = s.server.keyspace.view(target_db).slot(key)
+    if target.lookup(key) is not None:
+        return 0
+    # Both slots are in the command's targets: locked together, so the move is atomic.
+    target.store(key, value, source.ttl_at(key))
+    source.delete(key)
+    return 1
+
+
+def _db_index(raw: bytes, which: str) -> int:
+    index = parse_int(raw)
+    if index is None or not -(2**31) <= index < 2**31:  # Redis reads an int
+        raise err(f"invalid {which} DB index")
+    return index
+
+
+@command("swapdb", 3, "write fast", group="server", summary="Swap two databases", since="4.0.0", scope=Scope.ALL)
+def swapdb(s: Session, argv: list[bytes]) -> Any:
+    first, second = _db_index(argv[1], "first"), _db_index(argv[2], "second")
+    databases = s.server.keyspace.databases
+    if not (0 <= first < databases and 0 <= second < databases):
+        raise DB_RANGE
+    s.server.keyspace.swap(first, second)
+    return "OK"
 
 
 @command("keys", 2, "readonly", group=GROUP, summary="Keys matching a pattern", scope=Scope.ALL)
 def keys(s: Session, argv: list[bytes]) -> Any:
     pattern = argv[1]
     found: list[bytes] = []
-    for slot in s.db.table:
-        if slot.data:
-            found.extend(slot.live_keys())
-    if pattern == b"*":
+    for slot in s.db.occupied_from(0):
+        found.extend(slot.live_keys())
+    if pattern == b"*":  # every key, the empty one included (Redis's allkeys)
         return found
-    match = compile_glob(pattern).fullmatch
-    return [key for key in found if match(key)]
+    return glob_filter(pattern, found)
 
 
 @command("scan", -2, "readonly", group=GROUP, summary="Iterate over the keys", since="2.8.0", scope=Scope.ALL)
@@ -156,20 +208,20 @@ def scan(s: Session, argv: list[bytes]) -> Any:
         else:
             raise SYNTAX
         i += 2
-    table = s.db.table
     found: list[bytes] = []
-    slot_number = cursor
+    next_cursor = 0
     # The cursor is the next slot to visit: every slot is read whole, so a key present
-    # for the whole scan is returned exactly once.
-    while slot_number < SLOTS and len(found) < count:
-        slot = table[slot_number]
-        if slot.data:
-            found.extend(slot.live_keys())
-        slot_number += 1
-    next_cursor = slot_number if slot_number < SLOTS else 0
+    # for the whole scan is returned exactly once. Empty slots are skipped unvisited, and
+    # a call reads at most count * 10 slots (Redis's bound on the buckets one visits).
+    budget = count * 10
+    for slot in s.db.occupied_from(cursor):
+        if len(found) >= count or budget == 0:
+            next_cursor = slot.number
+            break
+        found.extend(slot.live_keys())
+        budget -= 1
     if pattern is not None and pattern != b"*":
-        match = compile_glob(pattern).fullmatch
-        found = [key for key in found if match(key)]
+        found = glob_filter(pattern, found)
     if type_filter is not None and type_filter != b"string":
         found = []
     return [b"%d" % next_cursor, found]
@@ -177,19 +229,21 @@ def scan(s: Session, argv: list[bytes]) -> Any:
 
 @command("randomkey", 1, "readonly", group=GROUP, summary="A random key", scope=Scope.ALL)
 def randomkey(s: Session, argv: list[bytes]) -> Any:
-    table = s.db.table
-    for _ in range(64):  # sparse keyspaces fall through to the exact pick below
-        slot = table[random.randrange(SLOTS)]
-        if slot.data:
-            live = slot.live_keys()
-            if live:
-                return random.choice(live)
-    candidates = [slot for slot in table if slot.data]
-    random.shuffle(candidates)
-    for slot in candidates:
-        live = slot.live_keys()
-        if live:
-            return random.choice(live)
+    # A random slot among those holding keys, then a random key of it (Redis: a random
+    # bucket, then a random entry of its chain). An expired key is deleted and another
+    # drawn, as Redis does; one that cannot be deleted now (locked) counts as a miss.
+    view = s.db
+    misses = 0
+    while misses < 100:
+        slot = view.random_slot()
+        if slot is None:
+            return None
+        data = slot.data
+        key = next(islice(data, random.randrange(len(data)), None))
+        if slot.lookup(key) is not None:
+            return key
+        if key in data:
+            misses += 1
     return None
 
 
@@ -214,15 +268,7 @@ def _expire(s: Session, argv: list[bytes], unit: int, absolute: bool, name: str)
         raise err("NX and XX, GT or LT options at the same time are not compatible")
     if gt and lt:
         raise err("GT and LT options at the same time are not compatible")
-    when = integer(argv[2])
-    invalid = err(f"invalid expire time in '{name}' command")
-    if when > LLONG_MAX // unit or when < LLONG_MIN // unit:
-        raise invalid
-    when *= unit
-    if not absolute:
-        when += clock.now_ms()
-        if not LLONG_MIN <= when <= LLONG_MAX:
-            raise invalid
+    when = expire_when(argv[2], unit, absolute, name)
     key = argv[1]
     slot = s.db.slot(key)
     if slot.lookup(key) is None:

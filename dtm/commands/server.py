@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from dtm.commands import syntax
 from dtm.commands.table import COMMANDS, Scope, Spec, command, container
 from dtm.config import FIELDS, MUTABLE, REDIS_NAMES, redis_name, set_value
 from dtm.errors import SYNTAX, ConfigError, err
@@ -18,17 +20,51 @@ GROUP = "server"
 # ------------------------------------------------------------------ COMMAND
 
 
+# Redis's ACL categories of each command family (the group COMMAND DOCS shows).
+_GROUP_CATEGORY = {
+    "generic": "keyspace", "string": "string", "bitmap": "bitmap",
+    "connection": "connection", "transactions": "transaction",
+}
+
+
+# Redis prints a command's categories in the order of its category table (acl.c).
+_CATEGORY_ORDER = (
+    "keyspace", "read", "write", "set", "sortedset", "list", "hash", "string", "bitmap",
+    "hyperloglog", "geo", "stream", "pubsub", "admin", "fast", "slow", "blocking",
+    "dangerous", "connection", "transaction", "scripting",
+)
+
+
+def acl_categories(spec: Spec) -> list[str]:
+    """Derived as Redis derives its implicit ones (setImplicitACLCategories), plus the
+    family's category."""
+    if spec.subcommands and spec.handler is None:
+        return ["@slow"]
+    flags = spec.flags
+    categories = {"fast" if "fast" in flags else "slow"}
+    if "write" in flags:
+        categories.add("write")
+    if "readonly" in flags and spec.group not in ("connection", "server"):
+        categories.add("read")
+    family = _GROUP_CATEGORY.get(spec.group)
+    if family:
+        categories.add(family)
+    if "admin" in flags:
+        categories |= {"admin", "dangerous"}
+    return ["@" + name for name in _CATEGORY_ORDER if name in categories]  # status replies
+
+
 def _info_entry(spec: Spec) -> list[Any]:
     return [
         spec.fullname.encode(),
         spec.arity,
-        [flag.encode() for flag in spec.flags if flag != "no_multi"],
+        [flag for flag in spec.flags if flag != "no_multi"],  # status replies, as Redis
         spec.first_key,
         spec.last_key,
         spec.step,
-        [b"@" + spec.group.encode()],
+        acl_categories(spec),
         [],
-        [],
+        syntax.key_specs(spec.fullname, spec.first_key, spec.last_key, spec.step, spec.writes),
         [_info_entry(sub) for sub in spec.subcommands.values()],
     ]
 
@@ -39,6 +75,9 @@ def _doc_entry(spec: Spec) -> dict[bytes, Any]:
         b"since": spec.since.encode(),
         b"group": spec.group.encode(),
     }
+    arguments = syntax.arguments(spec.fullname)
+    if arguments:
+        doc[b"arguments"] = list(arguments)
     if spec.subcommands:
         doc[b"subcommands"] = {
             sub.fullname.encode(): _doc_entry(sub) for sub in spec.subcommands.values()
@@ -54,7 +93,15 @@ def _lookup(name: bytes) -> Spec | None:
     return spec
 
 
-COMMAND = container("command", group=GROUP, summary="Details about commands", since="2.8.13")
+def command_all(s: Session, argv: list[bytes]) -> Any:
+    """COMMAND with no argument: COMMAND INFO of every command."""
+    return [_info_entry(spec) for spec in COMMANDS.values()]
+
+
+COMMAND = container(
+    "command", group=GROUP, summary="Details about commands", since="2.8.13", arity=-1,
+    handler=command_all,
+)
 
 
 @command("count", 2, "loading stale", group=GROUP, summary="Number of commands", parent=COMMAND, since="2.8.13")
@@ -68,7 +115,7 @@ def command_list(s: Session, argv: list[bytes]) -> Any:
     if len(argv) == 5 and argv[2].lower() == b"filterby":
         kind, value = argv[3].lower(), argv[4]
         if kind == b"pattern":
-            names = [n for n in names if glob_match(value.lower(), n)]
+            names = [n for n in names if glob_match(value, n, nocase=True)]
         elif kind == b"aclcat":
             names = [n for n in names if COMMANDS[n].group.encode() == value.lower()]
         elif kind == b"module":
@@ -122,21 +169,51 @@ def command_help(s: Session, argv: list[bytes]) -> Any:
 # ------------------------------------------------------------------- CONFIG
 
 CONFIG = container("config", group=GROUP, summary="Server configuration", since="2.0.0")
-# Read-only values that clients (redis-benchmark, redis-cli) ask for.
-EXTRA_CONFIG = {"save": "", "appendonly": "no", "io-threads": "1", "cluster-enabled": "no"}
+# Read-only values that tools (redis-benchmark, redis-cli, monitoring, client test
+# fixtures) read: what dtm does, in Redis's vocabulary.
+EXTRA_CONFIG = {
+    "io-threads": "1", "cluster-enabled": "no", "maxmemory": "0",
+    "maxmemory-policy": "noeviction", "maxmemory-samples": "5", "maxmemory-clients": "0",
+    "maxmemory-eviction-tenacity": "10", "tcp-keepalive": "300",
+    "tcp-backlog": "511", "hz": "10", "notify-keyspace-events": "", "protected-mode": "no",
+    "replica-read-only": "yes", "slave-read-only": "yes", "lua-time-limit": "5000",
+    "busy-reply-threshold": "5000", "stop-writes-on-bgsave-error": "yes", "daemonize": "no",
+    "supervised": "no", "logfile": "", "unixsocket": "", "lazyfree-lazy-user-flush": "no",
+    "enable-debug-command": "yes", "latency-monitor-threshold": "0",
+    "client-output-buffer-limit": "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60",
+}
+
+
+def _config_values(s: Session) -> dict[str, str]:
+    server = s.server
+    config = server.config
+    values = {**EXTRA_CONFIG}
+    for name, field in REDIS_NAMES.items():
+        values[name] = str(getattr(config, field))
+    values["port"] = str(server.port)
+    values["dir"] = os.path.abspath(config.dir)  # Redis answers the absolute path
+    # Agrees with INFO persistence's aof_enabled: the binlog is dtm's append-only file.
+    aof = bool(server.mode.info().get("aof_enabled"))
+    values["appendonly"] = "yes" if aof else "no"
+    values["appendfsync"] = config.fsync if aof else "everysec"
+    checkpoints = config.mode == "checkpoint"
+    values["save"] = f"{max(int(config.checkpoint_interval), 1)} 1" if checkpoints else ""
+    return values
 
 
 @command("get", -3, "admin noscript loading stale", group=GROUP, summary="Read settings", parent=CONFIG)
 def config_get(s: Session, argv: list[bytes]) -> Any:
-    config = s.server.config
-    values = {**EXTRA_CONFIG}
-    for name, field in REDIS_NAMES.items():
-        values[name] = str(getattr(config, field))
-    values["port"] = str(s.server.port)
+    values = _config_values(s)
     found: dict[bytes, bytes] = {}
-    for pattern in argv[2:]:
+    for raw in argv[2:]:
+        pattern = raw.lower()
+        if b"*" not in pattern and b"?" not in pattern and b"[" not in pattern:
+            value = values.get(pattern.decode("utf-8", "replace"))
+            if value is not None:
+                found[raw] = value.encode()  # an exact name is answered as it was asked
+            continue
         for name, value in values.items():
-            if glob_match(pattern.lower(), name.encode()):
+            if glob_match(raw, name.encode(), nocase=True):  # as Redis: stringmatch(..., 1)
                 found[name.encode()] = value.encode()
     return found
 

@@ -20,6 +20,7 @@ from dtm.commands.table import command
 from dtm.errors import NOT_INTEGER, OVERFLOW, SYNTAX, err, wrong_arity
 from dtm.resp import parse_int
 from dtm.slots import HASH_TAG_OPEN
+from dtm.store import editable
 
 if TYPE_CHECKING:
     from dtm.session import Session
@@ -204,8 +205,10 @@ def append(s: Session, argv: list[bytes]) -> Any:
         slot.store(key, argv[2])
         return len(argv[2])
     _check_length(s, len(old) + len(argv[2]))
-    slot.store_keep_ttl(key, old + argv[2])
-    return len(old) + len(argv[2])
+    value = editable(old)  # grown in place: amortized O(len(argument)), as Redis's sds
+    value.extend(argv[2])
+    slot.store_keep_ttl(key, value)  # type: ignore[arg-type]  # an Edited value
+    return len(value)
 
 
 @command("strlen", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Length of a key's value", since="2.2.0")
@@ -245,14 +248,14 @@ def setrange(s: Session, argv: list[bytes]) -> Any:
     if not patch:
         return 0 if old is None else len(old)
     _check_length(s, offset + len(patch))
-    base = old or b""
-    if len(base) < offset:
-        base += b"\x00" * (offset - len(base))
-    value = base[:offset] + patch + base[offset + len(patch) :]
+    value = editable(old)  # patched in place: O(len(patch)) once the value is editable
+    if len(value) < offset:
+        value.extend(bytes(offset - len(value)))
+    value[offset : offset + len(patch)] = patch
     if old is None:
-        slot.store(key, value)
+        slot.store(key, value)  # type: ignore[arg-type]  # an Edited value
     else:
-        slot.store_keep_ttl(key, value)
+        slot.store_keep_ttl(key, value)  # type: ignore[arg-type]
     return len(value)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from dtm.errors import CommandError, err
+from dtm.observe import CommandStats
 
 if TYPE_CHECKING:
     from dtm.bucket import Slot
@@ -52,6 +53,8 @@ class Spec:
     # The arity when the command may run as a plain call in the session's read loop
     # (see Session._run_batch), else None: one attribute read on the hot path.
     fast_arity: int | None = None
+    # INFO commandstats counters, updated in place (the spec itself is immutable).
+    stats: CommandStats = attrs.field(factory=CommandStats, eq=False, repr=False)
     # Derived from the fields above once (read for every command on the full path).
     writes: bool = attrs.field(init=False)
     multi_key: bool = attrs.field(init=False)
@@ -146,9 +149,16 @@ def command(
     return register
 
 
-def container(name: str, *, group: str, summary: str, since: str = "1.0.0") -> Spec:
-    """A command with subcommands (CLIENT, CONFIG, COMMAND)."""
-    spec = Spec(name=name, arity=-2, flags=(), handler=None, group=group, summary=summary, since=since)
+def container(
+    name: str, *, group: str, summary: str, since: str = "1.0.0", arity: int = -2,
+    handler: Handler | None = None,
+) -> Spec:
+    """A command with subcommands (CLIENT, CONFIG, COMMAND); handler answers the bare
+    command when arity allows it (COMMAND with no argument)."""
+    spec = Spec(
+        name=name, arity=arity, flags=(), handler=handler, group=group, summary=summary,
+        since=since,
+    )
     _register(spec)
     return spec
 
@@ -165,7 +175,7 @@ def resolve(argv: list[bytes]) -> Spec:
     spec = COMMANDS.get(name) or COMMANDS.get(name.lower())
     if spec is None:
         raise unknown_command(argv)
-    if spec.subcommands:
+    if spec.subcommands and (len(argv) >= 2 or spec.handler is None):
         if len(argv) < 2:
             raise err(f"wrong number of arguments for '{spec.name}' command")
         sub = spec.subcommands.get(argv[1].lower())

@@ -10,6 +10,7 @@ from dtm.commands.table import Scope, Shard_Key, Spec, command
 from dtm.errors import CommandError, err
 from dtm.monitor import CommitRecord
 from dtm.resp import parse_int
+from dtm.store import settled
 
 if TYPE_CHECKING:
     from dtm.session import Session
@@ -35,7 +36,14 @@ def discard(s: Session, argv: list[bytes]) -> Any:
     return "OK"
 
 
-@command("watch", -2, "noscript loading stale fast allow_busy", keys=(1, -1, 1), group=GROUP, summary="Watch keys for EXEC", since="2.2.0")
+def _no_locks(s: Session, argv: list[bytes]) -> list[Shard_Key]:
+    # WATCH only notes the keys: taking (and sorting) a lock per key made WATCH of N keys
+    # cost N log N through the monitor. A transaction committing meanwhile is noticed
+    # all the same: its apply, or its undo, touches the watchers.
+    return []
+
+
+@command("watch", -2, "noscript loading stale fast allow_busy", keys=(1, -1, 1), group=GROUP, summary="Watch keys for EXEC", since="2.2.0", targets=_no_locks)
 def watch(s: Session, argv: list[bytes]) -> Any:
     if s.in_multi:
         raise err("WATCH inside MULTI is not allowed")
@@ -78,10 +86,8 @@ def _apply(s: Session, queued: list[tuple[Spec, list[bytes]]]) -> list[Any]:
     results: list[Any] = []
     with clock.frozen():
         for spec, argv in queued:
-            try:
-                results.append(spec.handler(s, argv))  # type: ignore[misc]
-            except CommandError as exc:
-                results.append(exc)
+            # settled: a later command of the same EXEC may edit a value in place
+            results.append(settled(s.call_queued(spec, argv)))  # counted, timed, MONITORed
     return results
 
 
