@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from dtm.errors import ConfigError
+from dtm.fdlimit import fit_maxclients
 
 MODES = ("none", "binlog", "checkpoint")
 FSYNC_POLICIES = ("always", "everysec")
@@ -69,6 +70,7 @@ class Config:
     log_level: str = attrs.field(default="info", validator=_choice("log-level", LOG_LEVELS))
     log_format: str = attrs.field(default="console", validator=_choice("log-format", LOG_FORMATS))
     timeout: int = attrs.field(default=0, validator=_positive("timeout", 0))
+    tcp_keepalive: int = attrs.field(default=300, validator=_positive("tcp-keepalive", 0, 2**31 - 1))
     databases: int = attrs.field(default=16, validator=_positive("databases", 1, 1024))
     proto_max_bulk_len: int = attrs.field(
         default=512 * 1024 * 1024, validator=_positive("proto-max-bulk-len", 1024)
@@ -76,14 +78,23 @@ class Config:
     client_query_buffer_limit: int = attrs.field(
         default=1024 * 1024 * 1024, validator=_positive("client-query-buffer-limit", 1024 * 1024)
     )
+    # Observability (Redis's names and defaults): µs, entries, ms (0: latency monitor off).
+    slowlog_log_slower_than: int = attrs.field(
+        default=10000, validator=_positive("slowlog-log-slower-than", -1)
+    )
+    slowlog_max_len: int = attrs.field(default=128, validator=_positive("slowlog-max-len", 0))
+    latency_monitor_threshold: int = attrs.field(
+        default=0, validator=_positive("latency-monitor-threshold", 0)
+    )
 
     def __attrs_post_init__(self) -> None:
         attrs.validate(self)
 
 
 # Settings that CONFIG SET may change while the server runs.
-MUTABLE = frozenset({"maxclients", "requirepass", "timeout", "proto_max_bulk_len",
-                     "client_query_buffer_limit", "log_level"})
+MUTABLE = frozenset({"maxclients", "requirepass", "timeout", "tcp_keepalive", "proto_max_bulk_len",
+                     "client_query_buffer_limit", "log_level",
+                     "slowlog_log_slower_than", "slowlog_max_len", "latency_monitor_threshold"})
 FIELDS = {field.name: field for field in attrs.fields(Config)}
 
 
@@ -123,6 +134,8 @@ def coerce(field: str, raw: Any) -> Any:
 def _parse_memory(text: str) -> int:
     """Integers, with Redis's memory units (1k, 5mb, 1gb) accepted."""
     lowered = text.strip().lower()
+    if len(lowered) > 22:  # int64 and a unit; keeps int() clear of its digit limit
+        raise ValueError(text)
     for suffix, factor in (("gb", 1024**3), ("mb", 1024**2), ("kb", 1024), ("g", 10**9),
                            ("m", 10**6), ("k", 1000), ("b", 1)):
         if lowered.endswith(suffix) and lowered[: -len(suffix)].isdigit():
@@ -157,6 +170,12 @@ def build(file_settings: dict[str, Any], flag_settings: dict[str, Any]) -> Confi
 
 def set_value(config: Config, field: str, raw: Any) -> None:
     value = coerce(field, raw)
+    if field == "maxclients" and isinstance(value, int) and value > config.maxclients:
+        fitted = fit_maxclients(value).maxclients  # as Redis: raise the limit, or refuse
+        if fitted < value:
+            raise ConfigError(
+                f"The operating system is not able to handle the specified number of clients, try with {fitted}"
+            )
     old = getattr(config, field)
     setattr(config, field, value)
     try:

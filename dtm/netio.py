@@ -17,6 +17,7 @@ another core); sends in a burst find it already awake. redis-benchmark -P 16 wen
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Any
 
@@ -221,6 +222,70 @@ def open_listeners(host: str, port: int, backlog: int = 511) -> list[socket.sock
 
 
 TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+OUT_OF_FDS = {errno.EMFILE, errno.ENFILE}
+
+
+def set_keepalive(sock: socket.socket, interval: int) -> None:
+    """TCP keepalive as Redis's anetKeepAlive: first probe after interval seconds of
+    silence, then every interval/3, and the peer is dead after 3 unanswered probes."""
+    if interval <= 0 or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's timers apply
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(interval // 3, 1))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
+def refuse(sock: socket.socket, line: bytes) -> None:
+    """Tell a client it cannot be served and close it at once, as Redis does: a crowd of
+    refused clients must not hold descriptors while they read."""
+    try:
+        sock.setblocking(False)
+        sock.send(line)
+    except OSError:
+        pass  # full or gone: it learns from the close
+    finally:
+        sock.close()
+
+
+class FdReserve:
+    """One descriptor held back for the moment there are none left: then accept() fails
+    with EMFILE and the client would wait in the backlog, unanswered, for as long as the
+    shortage lasts. Releasing the spare lets it be accepted and told why it is refused."""
+
+    def __init__(self) -> None:
+        self._fd = self._open()
+
+    @staticmethod
+    def _open() -> int:
+        try:
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1
+
+    def refuse_one(self, listener: socket.socket, line: bytes) -> bool:
+        """Accept one waiting client with the spare descriptor and refuse it; False if
+        there was no spare or nobody to accept."""
+        if self._fd < 0:
+            self._fd = self._open()
+            return False
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return False
+        else:
+            refuse(sock, line)
+            return True
+        finally:
+            self._fd = self._open()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 async def accept(listener: socket.socket) -> socket.socket:

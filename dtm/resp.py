@@ -13,6 +13,8 @@ which protocol its client speaks.
 from __future__ import annotations
 
 import math
+import re
+import sys
 from typing import Any, Protocol
 
 import attrs
@@ -29,12 +31,20 @@ DEFAULT_MAX_BULK = 512 * 1024 * 1024  # proto-max-bulk-len
 MAX_MULTIBULK = 2**31 - 1  # INT_MAX, as Redis
 UNAUTH_MAX_MULTIBULK = 10
 UNAUTH_MAX_BULK = 16384
+# string2ll refuses longer strings (LONG_STR_SIZE - 1): "-9223372036854775808" is 20.
+MAX_INT_CHARS = 20
+# What an argument costs besides its payload: the bytes object and its list slot.
+ARG_OVERHEAD = sys.getsizeof(b"") + 8
+# A bulk this big is copied out of the buffer through a view, not a slice (one copy).
+BIG_ARG = 32 * 1024
 
 Command = list[bytes]
 
 
 def parse_int(raw: bytes) -> int | None:
     """Redis's string2ll: optional '-', no '+', no spaces, no leading zeros, fits int64."""
+    if len(raw) > MAX_INT_CHARS:  # also keeps int() clear of its digit limit
+        return None
     digits = raw[1:] if raw[:1] == b"-" else raw
     if not digits.isdigit() or (digits[0] == 48 and (len(digits) > 1 or digits is not raw)):
         return None
@@ -55,7 +65,7 @@ class RequestParser(Protocol):
 
     def feed(self, data: bytes) -> None: ...
 
-    def take(self) -> list[Command]: ...
+    def take(self, limit: int = 0) -> list[Command]: ...
 
     def next_command(self) -> Command | None: ...
 
@@ -72,22 +82,29 @@ class PureParser:
         self._error: ProtocolError | None = None
         # state of a multibulk request being read across feeds
         self._args: list[bytes] | None = None
+        self._args_bytes = 0  # memory held by _args: buffered input too
         self._remaining = 0
         self._bulk_len = -1
 
     def feed(self, data: bytes) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
+        # Drop what was consumed before buffering more, so that a request that never
+        # ends on a read boundary cannot keep the whole stream. Deleting a bytearray's
+        # head only moves its start; the block shrinks once less than half is live.
+        if self._pos:
+            del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
 
     def pending(self) -> int:
-        return len(self._buf) - self._pos
+        """Bytes of input held: unparsed bytes and the arguments of a request not yet
+        complete (what client-query-buffer-limit bounds)."""
+        return len(self._buf) - self._pos + self._args_bytes
 
-    def take(self) -> list[Command]:
-        """Every complete command buffered; a protocol error after some commands is
-        raised by the following call, so the commands before it still run."""
-        return _take(self)
+    def take(self, limit: int = 0) -> list[Command]:
+        """The complete commands buffered (at most limit, if given); a protocol error
+        after some commands is raised by the following call, so the commands before it
+        still run."""
+        return _take(self, limit)
 
     def idle(self) -> bool:
         """True when no request is partly read: nothing buffered, no bulks outstanding."""
@@ -145,7 +162,8 @@ class PureParser:
         self._pos = end + 2
         if count <= 0:
             return False
-        self._args = []
+        self._args = []  # grows with the arguments that arrive, never from the count
+        self._args_bytes = 0
         self._remaining = count
         self._bulk_len = -1
         return True
@@ -168,14 +186,21 @@ class PureParser:
                     raise ProtocolError("unauthenticated bulk length")
                 self._pos = end + 2
                 self._bulk_len = size
-            if len(buf) - self._pos < self._bulk_len + 2:
+            size = self._bulk_len
+            if len(buf) - self._pos < size + 2:
                 return None
-            args.append(bytes(buf[self._pos : self._pos + self._bulk_len]))
+            if size < BIG_ARG:
+                args.append(bytes(buf[self._pos : self._pos + size]))
+            else:
+                with memoryview(buf) as view:  # released before the buffer next resizes
+                    args.append(bytes(view[self._pos : self._pos + size]))
             # Like Redis, the two bytes after the payload are skipped, not checked.
-            self._pos += self._bulk_len + 2
+            self._pos += size + 2
+            self._args_bytes += size + ARG_OVERHEAD
             self._bulk_len = -1
             self._remaining -= 1
         self._args = None
+        self._args_bytes = 0
         return args
 
     def _inline(self) -> Command | None:
@@ -275,6 +300,7 @@ class HiredisParser:
         self._reader = hiredis.Reader()
         self._buf = bytearray()
         self._ready: list[Command] = []
+        self._taken = 0  # commands of _ready already handed out
         self._pure: PureParser | None = None
         self._error: ProtocolError | None = None
 
@@ -291,28 +317,38 @@ class HiredisParser:
     def pending(self) -> int:
         return self._pure.pending() if self._pure is not None else len(self._buf)
 
-    def take(self) -> list[Command]:
+    def take(self, limit: int = 0) -> list[Command]:
         if self._pure is None and self._error is None:
-            ready, self._ready = self._ready, []
-            return ready
-        return _take(self)
+            ready, taken = self._ready, self._taken
+            if limit and len(ready) - taken > limit:
+                self._taken = taken + limit
+                return ready[taken : taken + limit]
+            self._ready = []
+            self._taken = 0
+            return ready[taken:] if taken else ready
+        return _take(self, limit)
 
     def next_command(self) -> Command | None:
-        if self._ready:
-            return self._ready.pop(0)
+        ready = self._ready
+        if ready:
+            first = ready[self._taken]
+            self._taken += 1
+            if self._taken == len(ready):
+                self._ready = []
+                self._taken = 0
+            return first
         pure = self._pure
         if pure is None:
             return None
         command = pure.next_command()
         if command is None and pure.idle():
             self._pure = None  # the odd input is through: back to the fast path
-            self._reader = hiredis.Reader()
         return command
 
     def _drain(self) -> None:
         buf = self._buf
-        if buf[0] != 42 or not self.limits.authenticated:  # not '*': an inline request
-            self._fall_back(0)
+        if buf[0] != 42 or not self.limits.authenticated or _announces_big_aggregate(buf):
+            self._fall_back(0)  # not '*' (inline), or a header hiredis would allocate for
             return
         reader = self._reader
         commands: list[Any] = []
@@ -344,6 +380,25 @@ class HiredisParser:
         pure.feed(bytes(self._buf[start:]))
         self._buf.clear()
         self._pure = pure
+        # Whatever hiredis holds (its copy of the input, a request half built) goes now.
+        self._reader = hiredis.Reader()
+
+
+# hiredis allocates an aggregate's whole list when it reads the header, before any
+# element arrives (PyList_New(count): *3000000000 reserves 24 GB, and freeing it walks
+# every slot for seconds). Redis reads such a request lazily, reserving at most 1024
+# slots. A read that could announce 10000 or more elements goes to the pure parser,
+# which grows its list with the arguments that arrive; below that, hiredis reserves at
+# most 80 KB per header (nesting stops at 7 levels), and _fall_back frees it at once.
+_BIG_ARRAY = re.compile(rb"\*[0-9]{5}").search
+_BIG_OTHER = re.compile(rb"[~>%|][0-9]{5}").search  # RESP3 sets, pushes, maps, attributes
+
+
+def _announces_big_aggregate(buf: bytearray) -> bool:
+    if _BIG_ARRAY(buf) is not None:
+        return True
+    # A charset scan costs ten times a one-byte one: run it only when one of them is here.
+    return (126 in buf or 62 in buf or 37 in buf or 124 in buf) and _BIG_OTHER(buf) is not None
 
 
 # A complete empty bulk string: fed to hiredis after a read it consumed entirely, it
@@ -406,7 +461,7 @@ def _command_end(buf: bytearray, offset: int, command: list[Any], max_bulk: int)
     return offset
 
 
-def _take(parser: PureParser | HiredisParser) -> list[Command]:
+def _take(parser: PureParser | HiredisParser, limit: int = 0) -> list[Command]:
     error = parser._error
     if error is not None:
         parser._error = None
@@ -415,6 +470,8 @@ def _take(parser: PureParser | HiredisParser) -> list[Command]:
     try:
         while (command := parser.next_command()) is not None:
             commands.append(command)
+            if len(commands) == limit:
+                break
     except ProtocolError as exc:
         if not commands:
             raise
@@ -494,7 +551,7 @@ def encode(reply: Any, proto: int = 2) -> bytes:
 
 def _encode_rare(reply: Any, proto: int) -> bytes:
     if isinstance(reply, (bytearray, memoryview)):  # a value edited in place (APPEND, SETRANGE)
-        return b"$%d\r\n%b\r\n" % (len(reply), reply)
+        return b"$%d\r\n%b\r\n" % (len(reply), reply)  # type: ignore[str-format]
     if isinstance(reply, CommandError):
         text = reply.text.replace("\r", " ").replace("\n", " ")
         return b"-" + text.encode() + b"\r\n"

@@ -38,6 +38,7 @@ def quit_(s: Session, argv: list[bytes]) -> Any:
 
 @command("reset", 1, "noscript loading stale fast no_auth allow_busy", group=GROUP, summary="Reset the connection", since="6.2.0")
 def reset(s: Session, argv: list[bytes]) -> Any:
+    s.leave_modes()
     s.discard_multi()
     s.unwatch()
     s.select(0)
