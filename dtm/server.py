@@ -73,11 +73,8 @@ class Server:
         server once it accepts connections (tests ``await nursery.start(server.serve)``)."""
         self._fit_maxclients()
         self.mode.recover(self)
-        try:
-            self._listeners = netio.open_listeners(self.config.bind, self.config.port)
-        except OSError as exc:
-            log.error("cannot listen", bind=self.config.bind, port=self.config.port, error=exc.strerror)
-            raise
+        # A failure to listen propagates: `dtm serve` reports it in one line.
+        self._listeners = netio.open_listeners(self.config.bind, self.config.port)
         self.port = self._listeners[0].getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(self.mode.run, self)

@@ -74,7 +74,8 @@ def refused(directory: Path, *args: str) -> str:
                              *args], capture_output=True, text=True, cwd=ROOT, timeout=30, check=False)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr, result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("dtm: error: ")]
+    (line,) = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert line.startswith("dtm: error: "), line
     return line
 
 
