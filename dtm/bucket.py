@@ -117,7 +117,7 @@ class Slot:
             self._adding()
         self.data[key] = value
         if expire_at is not None:
-            self.set_expire(key, expire_at)
+            self._deadline(key, expire_at)
         elif self.expires:
             self.expires.pop(key, None)
         if self.watchers:
@@ -131,6 +131,13 @@ class Slot:
             self.touch(key)
 
     def set_expire(self, key: bytes, at: int | None) -> None:
+        """Give key a deadline (None: none); a change of TTL breaks its WATCHes, as
+        every write does."""
+        self._deadline(key, at)
+        if self.watchers:
+            self.touch(key)
+
+    def _deadline(self, key: bytes, at: int | None) -> None:
         if at is None:
             self.expires.pop(key, None)
         else:

@@ -69,10 +69,15 @@ def test_own_writes_do_not_break_own_watch(r: redis.Redis) -> None:
     assert pipe.execute() == [True, True]
 
 
-@pytest.mark.parametrize("breaker", [("DEL", "w"), ("FLUSHALL",), ("FLUSHDB",), ("EXPIRE", "w", 0)])
+@pytest.mark.parametrize("breaker", [
+    ("DEL", "w"), ("FLUSHALL",), ("FLUSHDB",), ("EXPIRE", "w", 0),
+    # a change of TTL alone is a write, as in Redis (signalModifiedKey)
+    ("EXPIRE", "w", 100), ("PEXPIREAT", "w", 99999999999999), ("PERSIST", "w"),
+    ("GETEX", "w", "EX", 100), ("GETEX", "w", "PERSIST"),
+])
 def test_watch_broken_by_delete_flush_and_expiry(r: redis.Redis, dtm_server, breaker) -> None:
     other = dtm_server.client()
-    r.set("w", "1")
+    r.set("w", "1", ex=1000)
     pipe = r.pipeline()
     pipe.watch("w")
     other.execute_command(*breaker)

@@ -284,7 +284,6 @@ def _expire(s: Session, argv: list[bytes], unit: int, absolute: bool, name: str)
         slot.delete(key)
     else:
         slot.set_expire(key, when)
-        slot.touch(key)
     return 1
 
 
@@ -345,5 +344,4 @@ def persist(s: Session, argv: list[bytes]) -> Any:
     if slot.lookup(argv[1]) is None or slot.ttl_at(argv[1]) is None:
         return 0
     slot.set_expire(argv[1], None)
-    slot.touch(argv[1])
     return 1

@@ -163,10 +163,8 @@ def getex(s: Session, argv: list[bytes]) -> Any:
             slot.delete(key)
         else:
             slot.set_expire(key, deadline)
-            slot.touch(key)
     elif persist and slot.ttl_at(key) is not None:
         slot.set_expire(key, None)
-        slot.touch(key)
     return value
 
 
