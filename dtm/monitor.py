@@ -36,22 +36,11 @@ from dtm.resp import NULL_ARRAY
 from dtm.store import Undo
 
 if TYPE_CHECKING:
-    from modes.base import DurabilityMode
+    from dtm.durability import CommitRecord, DurabilityMode
 
 log = structlog.get_logger("dtm.monitor")
 
 Target = tuple[Slot, bytes]
-
-
-@attrs.frozen
-class CommitRecord:
-    """What a mode makes durable for one committed write."""
-
-    txid: int
-    # (database, argv) of every command the transaction runs, in order: replaying them
-    # against the state before the transaction reproduces it exactly.
-    commands: tuple[tuple[int, tuple[bytes, ...]], ...]
-    time_ms: int
 
 
 @attrs.define

@@ -29,8 +29,9 @@ from dtm.monitor import Monitor, MonitorStats
 from dtm.observe import Observer
 from dtm.pause import Pause
 from dtm.session import Session
-from modes import DurabilityMode, create_mode
-from modes.base import FinalSaveFailed, ShutdownRefusal
+from dtm.durability import DurabilityMode, FinalSaveFailed
+from modes import create_mode
+from modes.base import ShutdownRefusal
 
 log = structlog.get_logger("dtm.server")
 

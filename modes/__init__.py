@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from modes.base import CommitRecord, DurabilityMode, SnapshottingMode
+from dtm.durability import CommitRecord, DurabilityMode
+from modes.base import SnapshottingMode
 from modes.binlog import BinlogMode
 from modes.checkpoint import CheckpointMode
 from modes.none import NoneMode

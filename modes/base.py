@@ -1,4 +1,4 @@
-"""The interface every durability mode implements, and what the modes share.
+"""What every durability mode shares (the interface itself is `dtm.durability`).
 
 The monitor hands a mode each committed write as a ``CommitRecord`` (a single command or
 a whole transaction, whatever buckets it spans) *after* it has locked the keys and
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 
 from dtm.errors import CommandError, err
-from dtm.monitor import CommitRecord
+from dtm.durability import CommitRecord, FinalSaveFailed
 from modes.datadir import DataDir, DataDirError
 from modes.record import Problem, scan
 from modes.replay import ReplayError, ReplaySession, apply_record
@@ -44,50 +44,6 @@ SAVE_MISCONF = CommandError(
     "report errors during writes if checkpointing fails. Please check the dtm logs for details "
     "about the checkpoint error."
 )
-
-
-class DurabilityMode(Protocol):
-    name: str
-    waits_for_commit: bool
-
-    def recover(self, server: Server) -> None:
-        """Load what the data directory holds into the (empty) keyspace."""
-        ...
-
-    def check_writable(self) -> None:
-        """Raise CommandError (MISCONF) when writes are refused (a disk that fails);
-        called before a write is applied."""
-        ...
-
-    async def commit(self, record: CommitRecord) -> None:
-        """Return once record is durable (awaited only when waits_for_commit); raise
-        CommandError if it cannot be made durable: then nothing is applied. Once the
-        record is accepted the wait must not be cancellable (the caller applies the
-        change right after), so that memory and the durable log never disagree."""
-        ...
-
-    async def run(self, server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The mode's background tasks (group-commit writer, checkpoint coordinator)."""
-        ...
-
-    async def save(self, server: Server, *, background: bool, schedule: bool = False) -> bool:
-        """SAVE (wait for it) or BGSAVE (start it); CommandError if one is running,
-        unless schedule (BGSAVE SCHEDULE): then it runs after, and False is returned."""
-        ...
-
-    async def shutdown(self, server: Server, *, save: bool | None) -> None:
-        """Last steps before exit; save: True (SHUTDOWN SAVE), False (NOSAVE), None."""
-        ...
-
-    def last_save(self) -> int: ...
-
-    def info(self) -> dict[str, Any]:
-        """Fields for INFO persistence."""
-        ...
-
-
-class FinalSaveFailed(Exception):
-    """The save a shutdown needs failed: the server must keep serving (as Redis)."""
 
 
 class ShutdownRefusal:

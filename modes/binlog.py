@@ -29,7 +29,8 @@ import structlog
 import trio
 
 from dtm.errors import err
-from modes.base import CommitRecord, SnapshottingMode, misconf
+from dtm.durability import CommitRecord
+from modes.base import SnapshottingMode, misconf
 from modes.datadir import DataDirError
 from modes.record import MAGIC, RecordTooLarge, encode_record
 from modes.snapshots import capture

@@ -8,7 +8,8 @@ import random
 import trio
 
 from helpers import RawClient, serving
-from modes.base import CommitRecord, SnapshottingMode
+from dtm.durability import CommitRecord
+from modes.base import SnapshottingMode
 
 ACCOUNTS = [f"acct:{i}" for i in range(16)]  # spread over all 8 buckets
 START = 100

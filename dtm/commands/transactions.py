@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from dtm import clock
 from dtm.commands.table import Scope, Shard_Key, Spec, command
 from dtm.errors import CommandError, err
-from dtm.monitor import CommitRecord
+from dtm.durability import CommitRecord
 from dtm.resp import parse_int
 from dtm.store import settled
 
