@@ -43,6 +43,7 @@ async def test_three_shards_start_answer_and_stop_with_their_files_under_the_dir
                         b"dir", str(data_dir / f"shard-{i}").encode()]
                     assert await link.call("CONFIG", "GET", "save") == [b"save", b""]
                     assert await link.call("CONFIG", "GET", "port") == [b"port", b"0"]
+                    assert await link.call("CONFIG", "GET", "databases") == [b"databases", b"18"]
             processes = [shard.process for shard in shards]
             for i in range(3):
                 names = {path.name for path in (data_dir / f"shard-{i}").iterdir()}

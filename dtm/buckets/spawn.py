@@ -31,6 +31,7 @@ import trio
 
 from dtm.buckets.address import ShardAddress, ShardError, ShardUnavailable
 from dtm.buckets.pool import DedicatedConnection
+from dtm.buckets.scripts import DATABASES_NEEDED
 
 log = structlog.get_logger("dtm.spawn")
 
@@ -108,6 +109,8 @@ class ShardSet:
             f"logfile {_quote(shard.log_file)}",
             f"pidfile {_quote(shard.pid_file)}",
             'save ""',
+            # 0-15 the user's, 16 dtm's locks/intents/decisions, 17 scratch (docs/redis-engine.md)
+            f"databases {DATABASES_NEEDED}",
             f"appendonly {'yes' if self.appendonly else 'no'}",
             f"appendfsync {self.appendfsync}",
         ]
