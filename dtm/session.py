@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from dtm import route
 from dtm.bucket import WatchState
-from dtm.commands.table import COMMANDS, LOOKUP, Scope, Spec, resolve
-from dtm.commands.transactions import commit_record
+from dtm.commands.table import COMMANDS, LOOKUP, Spec, resolve
 from dtm.errors import NOAUTH, CommandError, ProtocolError, err
 from dtm.keyspace import DbView
 from dtm.netio import Connection
@@ -265,8 +265,7 @@ class Session:
             return self._internal_error(exc, argv)
 
     async def run(self, spec: Spec, argv: list[bytes]) -> Any:
-        """Run a resolved command, through the monitor when it spans buckets or must
-        wait for locks or for durability."""
+        """Run a resolved command on the path dtm.route chooses for it."""
         if spec.asynchronous:
             start = clock()
             try:
@@ -275,24 +274,9 @@ class Session:
                 reply = exc
             self.ran(spec, argv, reply, clock() - start)
             return reply
-        monitor = self.server.monitor
-        writes = spec.writes and self.server.durable
-        if spec.scope is Scope.ALL:
-            if monitor.busy or writes:
-                return await monitor.transact(
-                    [], self._applier(spec, argv), whole_keyspace=True,
-                    record=commit_record(self, [(spec, argv)]) if spec.writes else None,
-                )
-            return self._call(spec, argv)
-        if spec.scope is Scope.KEYS and (spec.multi_key or monitor.busy or writes):
-            targets = spec.targets(self, argv)
-            return await monitor.transact(
-                targets, self._applier(spec, argv),
-                record=commit_record(self, [(spec, argv)]) if spec.writes else None,
-            )
-        return self._call(spec, argv)
+        return await route.run(self, spec, argv)
 
-    def _call(self, spec: Spec, argv: list[bytes]) -> Any:
+    def call(self, spec: Spec, argv: list[bytes]) -> Any:
         """Run a command's handler now (also each command EXEC runs), accounting for it."""
         start = clock()
         try:
@@ -306,7 +290,7 @@ class Session:
         """Run one of the commands EXEC runs."""
         self.in_exec = True
         try:
-            reply = self._call(spec, argv)
+            reply = self.call(spec, argv)
         finally:
             self.in_exec = False
         return "OK" if reply is NO_REPLY else reply  # a reply is owed inside EXEC's array
@@ -353,9 +337,6 @@ class Session:
         self.reply_off = self.muted = False
         self.skip = 0
         self.no_evict = False
-
-    def _applier(self, spec: Spec, argv: list[bytes]) -> Any:
-        return lambda: self._call(spec, argv)
 
     def _internal_error(self, exc: Exception, argv: list[bytes]) -> CommandError:
         self.log.exception("command failed", command=argv[0][:64].decode("utf-8", "replace"))

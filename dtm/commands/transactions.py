@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dtm import clock
-from dtm.commands.table import Scope, Shard_Key, Spec, command
+from dtm import clock, route
+from dtm.commands.table import Shard_Key, Spec, command
 from dtm.errors import CommandError, err
-from dtm.durability import CommitRecord
-from dtm.resp import parse_int
 from dtm.store import settled
 
 if TYPE_CHECKING:
@@ -67,16 +65,8 @@ async def exec_(s: Session, argv: list[bytes]) -> Any:
     try:
         if failed:
             return EXECABORT
-        targets, whole_keyspace = _transaction_targets(s, queued)
-        writes = any(spec.writes for spec, _ in queued)
         watch = s.watch if (s.watch.entries or s.watch.dirty) else None
-        return await s.server.monitor.transact(
-            targets,
-            lambda: _apply(s, queued),
-            record=commit_record(s, queued) if writes else None,
-            watch=watch,
-            whole_keyspace=whole_keyspace,
-        )
+        return await route.run_transaction(s, queued, lambda: _apply(s, queued), watch)
     finally:
         s.unwatch()
 
@@ -89,41 +79,3 @@ def _apply(s: Session, queued: list[tuple[Spec, list[bytes]]]) -> list[Any]:
             # settled: a later command of the same EXEC may edit a value in place
             results.append(settled(s.call_queued(spec, argv)))  # counted, timed, MONITORed
     return results
-
-
-def _transaction_targets(
-    s: Session, queued: list[tuple[Spec, list[bytes]]]
-) -> tuple[list[Shard_Key], bool]:
-    """Every (slot, key) the transaction touches, following SELECTs inside it."""
-    targets: list[Shard_Key] = []
-    whole_keyspace = False
-    original = s.db
-    try:
-        for spec, argv in queued:
-            if spec.scope is Scope.ALL:
-                whole_keyspace = True
-            elif spec.scope is Scope.KEYS:
-                targets.extend(spec.targets(s, argv))
-            elif spec.name == "select":
-                index = parse_int(argv[1])
-                if index is not None and 0 <= index < s.server.keyspace.databases:
-                    s.select(index)
-    finally:
-        s.db = original
-    return targets, whole_keyspace
-
-
-def commit_record(s: Session, queued: list[tuple[Spec, list[bytes]]]) -> Any:
-    """A builder of the mode's CommitRecord (called with the txid once it is known):
-    the commands with the database each runs in, following SELECTs inside."""
-
-    entries = []
-    db = s.db.index
-    for spec, argv in queued:
-        entries.append((db, tuple(argv)))
-        if spec.name == "select":
-            index = parse_int(argv[1])
-            if index is not None and 0 <= index < s.server.keyspace.databases:
-                db = index
-    frozen = tuple(entries)
-    return lambda txid: CommitRecord(txid, frozen, clock.now_ms())
