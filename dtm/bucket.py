@@ -22,6 +22,9 @@ from dtm.clock import now_ms
 from dtm.slots import key_slot
 from dtm.store import Value
 
+# A bucket's keys at one instant: (database, slot dicts, deadlines) per database used.
+BucketCut = list[tuple[int, list[dict[bytes, Value]], dict[bytes, int]]]
+
 
 @attrs.define(eq=False)
 class WatchState:
@@ -63,11 +66,14 @@ class WatchState:
 class Slot:
     """The keys of one slot in one database, and every operation on a single key.
 
-    ``expires``, ``watchers`` and ``locks`` are the owning shard's dicts (shared by all
-    its slots): a reference here saves an attribute hop on every lookup.
+    ``expires``, ``watchers`` and ``_locks`` are the owning shard's dicts (shared by all
+    its slots): a reference here saves an attribute hop on every lookup. The locks are
+    the bucket's own: the monitor takes and releases them through ``lock_of``, ``lock``
+    and ``unlock``, and undoes a write through ``saved``/``restore``, never through the
+    dicts.
     """
 
-    __slots__ = ("shard", "number", "data", "expires", "watchers", "locks")
+    __slots__ = ("shard", "number", "data", "expires", "watchers", "_locks")
 
     def __init__(self, shard: Shard, number: int) -> None:
         self.shard = shard
@@ -75,7 +81,7 @@ class Slot:
         self.data: dict[bytes, Value] = {}
         self.expires = shard.expires
         self.watchers = shard.watchers
-        self.locks = shard.locks
+        self._locks = shard.locks
 
     @property
     def bucket(self) -> Bucket:
@@ -89,7 +95,7 @@ class Slot:
         if value is not None and self.expires:
             at = self.expires.get(key)
             if at is not None and at <= now_ms():
-                if expire and key not in self.locks:
+                if expire and key not in self._locks:
                     self.delete(key)
                     self.shard.bucket.expired_keys += 1
                 return None
@@ -108,6 +114,29 @@ class Slot:
         now = now_ms()
         expires = self.expires
         return [k for k in self.data if (at := expires.get(k)) is None or at > now]
+
+    # ------------------------------------------------ two-phase commit's locks
+
+    def lock_of(self, key: bytes) -> Any:
+        """The lock a transaction holds on key, or None."""
+        return self._locks.get(key)
+
+    def lock(self, key: bytes, lock: Any) -> None:
+        self._locks[key] = lock
+
+    def unlock(self, key: bytes) -> Any:
+        return self._locks.pop(key)
+
+    def saved(self, key: bytes) -> tuple[Value | None, int | None]:
+        """key's stored value and deadline as they are (expired or not): what restore
+        puts back if a write is not made durable."""
+        return self.data.get(key), self.expires.get(key)
+
+    def restore(self, key: bytes, value: Value | None, deadline: int | None) -> None:
+        if value is None:
+            self.delete(key)
+        else:
+            self.store(key, value, deadline)
 
     # ----------------------------------------------------------------- writes
 
@@ -318,6 +347,17 @@ class Bucket:
                 for state in states:
                     _, was_live = state.entries[(shard.db, key)]
                     state.entries[(shard.db, key)] = (slot, was_live)
+
+    def capture(self) -> BucketCut:
+        """This bucket's keys at this instant, per database: shallow copies of the slot
+        dicts and the deadlines (values are bytes, or Edited values that the first edit
+        after store.captured() copies), cheap to take and safe to write from a thread."""
+        cut: BucketCut = []
+        for shard in self.shards():
+            slots = [slot.data.copy() for slot in shard.slots.values() if slot.data]
+            if slots:
+                cut.append((shard.db, slots, shard.expires.copy()))
+        return cut
 
     def key_count(self) -> int:
         return sum(len(shard) for shard in self.shards())

@@ -98,7 +98,7 @@ class Monitor:
                 await self.exclusive.wait()
                 continue
             for shard, key in targets:
-                lock = shard.locks.get(key)
+                lock = shard.lock_of(key)
                 if lock is not None:
                     self.stats.lock_waits += 1
                     await lock.wait()
@@ -173,7 +173,7 @@ class Monitor:
                 exclusive = True
             else:
                 for shard, key in _lock_order(targets):
-                    if self.exclusive is None and key not in shard.locks:
+                    if self.exclusive is None and shard.lock_of(key) is None:
                         self._lock(shard, key, txid)  # free: no coroutine needed
                     else:
                         await self._acquire(shard, key, txid)
@@ -201,8 +201,10 @@ class Monitor:
             # transaction is logged whole before it runs (docs/guarantees.md).
             await self.mode.commit(logged)
             return self._finish(apply, watch, cross=cross)
-        saved = [(slot, key, Undo.keep(slot.data.get(key)), slot.expires.get(key))
-                 for slot, key in held]
+        saved = []
+        for slot, key in held:
+            value, deadline = slot.saved(key)
+            saved.append((slot, key, Undo.keep(value), deadline))
         try:
             result = self._finish(apply, watch, cross=cross)
             applied = _applied(logged, result)
@@ -212,11 +214,7 @@ class Monitor:
                 await self.mode.commit(applied)
         except BaseException:
             for slot, key, undo, deadline in saved:
-                value = undo.restore()
-                if value is None:
-                    slot.delete(key)
-                else:
-                    slot.store(key, value, deadline)
+                slot.restore(key, undo.restore(), deadline)
             raise
         for _, _, undo, _ in saved:
             undo.forget()
@@ -242,7 +240,7 @@ class Monitor:
                 self.stats.lock_waits += 1
                 await self.exclusive.wait()
                 continue
-            lock = shard.locks.get(key)
+            lock = shard.lock_of(key)
             if lock is None:
                 break
             self.stats.lock_waits += 1
@@ -250,7 +248,7 @@ class Monitor:
         self._lock(shard, key, txid)
 
     def _lock(self, shard: Slot, key: bytes, txid: int) -> None:
-        shard.locks[key] = KeyLock(txid)
+        shard.lock(key, KeyLock(txid))
         if self.locked == 0:
             self._idle = trio.Event()
         self.locked += 1
@@ -261,7 +259,7 @@ class Monitor:
 
     def _release(self, held: list[Target], exclusive: bool) -> None:
         for shard, key in held:
-            shard.locks.pop(key).release()
+            shard.unlock(key).release()
         if held:
             self.locked -= len(held)
             if self.locked == 0:

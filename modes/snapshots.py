@@ -23,6 +23,7 @@ from modes.datadir import DataDir, DataDirError, new_manifest
 from modes.snapshot import Entry
 
 if TYPE_CHECKING:
+    from dtm.bucket import BucketCut
     from dtm.keyspace import Keyspace
 
 log = structlog.get_logger("dtm.snapshot")
@@ -30,7 +31,6 @@ log = structlog.get_logger("dtm.snapshot")
 PROGRESS_KEYS = 1_000_000  # a start-up progress line every this many keys
 
 # db -> (the slot dicts that hold keys, the shard's deadlines)
-BucketCut = list[tuple[int, list[dict[bytes, bytes]], dict[bytes, int]]]
 
 
 @attrs.define
@@ -57,14 +57,7 @@ class SaveStats:
 def capture(keyspace: Keyspace, seq: int) -> Captured:
     started = time.perf_counter()
     store.captured()  # values edited in place from now on are copied first (dtm/store.py)
-    buckets: list[BucketCut] = []
-    for bucket in keyspace.buckets:
-        cut: BucketCut = []
-        for shard in bucket.shards():
-            slots = [slot.data.copy() for slot in shard.slots.values() if slot.data]
-            if slots:
-                cut.append((shard.db, slots, shard.expires.copy()))
-        buckets.append(cut)
+    buckets = [bucket.capture() for bucket in keyspace.buckets]
     pause = (time.perf_counter() - started) * 1000
     return Captured(seq, clock.now_ms(), buckets, keyspace.databases, pause)
 
