@@ -24,6 +24,8 @@ from dtm.netio import Connection
 from dtm.resp import Limits, encode, make_parser
 
 if TYPE_CHECKING:
+    from dtm.config import Config
+    from dtm.keyspace import Keyspace
     from dtm.server import Server
 
 log = structlog.get_logger("dtm.session")
@@ -76,6 +78,15 @@ class Session:
         self.parser = make_parser(self.limits)
         self.addr, self.laddr = _addresses(conn)
         self.log = log.bind(client=client_id, addr=self.addr)
+
+    # The narrow context data command handlers see (dtm.commands.context.DataContext).
+    @property
+    def keyspace(self) -> Keyspace:
+        return self.server.keyspace
+
+    @property
+    def config(self) -> Config:
+        return self.server.config
 
     # ------------------------------------------------------------------ loop
 

@@ -18,30 +18,22 @@ import attrs
 from dtm import clock
 from dtm.commands.table import resolve
 from dtm.errors import CommandError
-from dtm.keyspace import DbView
+from dtm.config import Config
+from dtm.keyspace import DbView, Keyspace
 from modes.record import LogRecord
 
 
-class _ReplayServer:
-    """The server as handlers see it during replay: the real one, with no size limit."""
-
-    def __init__(self, server: Any) -> None:
-        self._server = server
-        self.config = attrs.evolve(server.config, proto_max_bulk_len=sys.maxsize)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._server, name)
-
-
 class ReplaySession:
-    """What a command handler needs of a session, without a connection."""
+    """The context data command handlers see (dtm.commands.context.DataContext), without
+    a connection: the server's keyspace, and its configuration with no size limit."""
 
     def __init__(self, server: Any) -> None:
-        self.server = _ReplayServer(server)
-        self.db: DbView = server.keyspace.view(0)
+        self.keyspace: Keyspace = server.keyspace
+        self.config: Config = attrs.evolve(server.config, proto_max_bulk_len=sys.maxsize)
+        self.db: DbView = self.keyspace.view(0)
 
     def select(self, index: int) -> None:
-        self.db = self.server.keyspace.view(index)
+        self.db = self.keyspace.view(index)
 
 
 class ReplayError(Exception):

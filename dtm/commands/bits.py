@@ -21,7 +21,7 @@ from dtm.resp import parse_int
 from dtm.store import editable
 
 if TYPE_CHECKING:
-    from dtm.session import Session
+    from dtm.commands.context import DataContext
 
 GROUP = "bitmap"
 
@@ -33,16 +33,16 @@ _NOT = bytes(255 - i for i in range(256))
 _CHUNK = 1 << 20  # popcount this many bytes at a time: no copy of a whole large value
 
 
-def bit_offset(s: Session, raw: bytes) -> int:
+def bit_offset(s: DataContext, raw: bytes) -> int:
     """A bit offset within proto-max-bulk-len bytes (Redis's getBitOffsetFromArgument)."""
     offset = parse_int(raw) if len(raw) <= 20 else None
-    if offset is None or offset < 0 or offset >= s.server.config.proto_max_bulk_len * 8:
+    if offset is None or offset < 0 or offset >= s.config.proto_max_bulk_len * 8:
         raise BIT_OFFSET
     return offset
 
 
 @command("setbit", 4, "write denyoom", keys=(1, 1, 1), group=GROUP, summary="Set or clear the bit at offset", since="2.2.0")
-def setbit(s: Session, argv: list[bytes]) -> Any:
+def setbit(s: DataContext, argv: list[bytes]) -> Any:
     key = argv[1]
     offset = bit_offset(s, argv[2])
     on = parse_int(argv[3]) if len(argv[3]) <= 20 else None
@@ -69,7 +69,7 @@ def setbit(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("getbit", 3, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="The bit at offset", since="2.2.0")
-def getbit(s: Session, argv: list[bytes]) -> Any:
+def getbit(s: DataContext, argv: list[bytes]) -> Any:
     offset = bit_offset(s, argv[2])
     value = s.db.get(argv[1])
     index = offset >> 3
@@ -112,7 +112,7 @@ def _popcount(value: bytes | bytearray, first: int, last: int) -> int:
 
 
 @command("bitcount", -2, "readonly", keys=(1, 1, 1), group=GROUP, summary="Count set bits", since="2.6.0")
-def bitcount(s: Session, argv: list[bytes]) -> Any:
+def bitcount(s: DataContext, argv: list[bytes]) -> Any:
     value = s.db.get(argv[1])
     if value is None:
         return 0  # Redis answers before it reads the range
@@ -161,7 +161,7 @@ def _find_bit(value: bytes | bytearray, bit: int, first: int, last: int) -> int 
 
 
 @command("bitpos", -3, "readonly", keys=(1, 1, 1), group=GROUP, summary="The first set or clear bit", since="2.8.7")
-def bitpos(s: Session, argv: list[bytes]) -> Any:
+def bitpos(s: DataContext, argv: list[bytes]) -> Any:
     bit = integer(argv[2])
     if bit not in (0, 1):
         raise err("The bit argument must be 1 or 0.")
@@ -190,7 +190,7 @@ def bitpos(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("bitop", -4, "write denyoom", keys=(2, -1, 1), group=GROUP, summary="Bitwise operations between strings", since="2.6.0")
-def bitop(s: Session, argv: list[bytes]) -> Any:
+def bitop(s: DataContext, argv: list[bytes]) -> Any:
     operation = argv[1].lower()
     if operation not in (b"and", b"or", b"xor", b"not"):
         raise SYNTAX
@@ -252,7 +252,7 @@ def _bitfield_type(raw: bytes) -> tuple[bool, int]:
     return sign == b"i", bits
 
 
-def _bitfield_offset(s: Session, raw: bytes, bits: int) -> int:
+def _bitfield_offset(s: DataContext, raw: bytes, bits: int) -> int:
     """A bit offset, or ``#n`` meaning n fields of this width (getBitOffsetFromArgument)."""
     by_field = raw[:1] == b"#"
     digits = raw[1:] if by_field else raw
@@ -261,7 +261,7 @@ def _bitfield_offset(s: Session, raw: bytes, bits: int) -> int:
         raise BIT_OFFSET
     if by_field:
         offset = _int64(offset * bits)  # Redis multiplies in int64 and then range-checks
-    if offset < 0 or offset >> 3 >= s.server.config.proto_max_bulk_len:
+    if offset < 0 or offset >> 3 >= s.config.proto_max_bulk_len:
         raise BIT_OFFSET
     return offset
 
@@ -333,7 +333,7 @@ class _FieldOp:
     overflow: bytes
 
 
-def _bitfield_ops(s: Session, argv: list[bytes]) -> list[_FieldOp]:
+def _bitfield_ops(s: DataContext, argv: list[bytes]) -> list[_FieldOp]:
     """Every operation, parsed and checked before any runs (errors in any one refuse
     the whole command, as Redis)."""
     ops: list[_FieldOp] = []
@@ -358,7 +358,7 @@ def _bitfield_ops(s: Session, argv: list[bytes]) -> list[_FieldOp]:
     return ops
 
 
-def _bitfield(s: Session, argv: list[bytes], read_only: bool) -> Any:
+def _bitfield(s: DataContext, argv: list[bytes], read_only: bool) -> Any:
     ops = _bitfield_ops(s, argv)
     writes = [op for op in ops if op.op != _GET]
     key = argv[1]
@@ -411,10 +411,10 @@ def _bitfield(s: Session, argv: list[bytes], read_only: bool) -> Any:
 
 
 @command("bitfield", -2, "write denyoom", keys=(1, 1, 1), group=GROUP, summary="Perform arbitrary bitfield integer operations on strings", since="3.2.0")
-def bitfield(s: Session, argv: list[bytes]) -> Any:
+def bitfield(s: DataContext, argv: list[bytes]) -> Any:
     return _bitfield(s, argv, read_only=False)
 
 
 @command("bitfield_ro", -2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Perform arbitrary bitfield integer operations on strings. Read-only variant of BITFIELD", since="6.0.0")
-def bitfield_ro(s: Session, argv: list[bytes]) -> Any:
+def bitfield_ro(s: DataContext, argv: list[bytes]) -> Any:
     return _bitfield(s, argv, read_only=True)

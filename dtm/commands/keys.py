@@ -15,12 +15,12 @@ from dtm.resp import parse_int
 from dtm.store import share
 
 if TYPE_CHECKING:
-    from dtm.session import Session
+    from dtm.commands.context import DataContext
 
 GROUP = "generic"
 
 
-def _delete_keys(s: Session, argv: list[bytes]) -> Any:
+def _delete_keys(s: DataContext, argv: list[bytes]) -> Any:
     db = s.db
     removed = 0
     for key in argv[1:]:
@@ -35,7 +35,7 @@ command("del", -2, "write", keys=(1, -1, 1), group=GROUP, summary="Delete keys")
 command("unlink", -2, "write fast", keys=(1, -1, 1), group=GROUP, summary="Delete keys", since="4.0.0")(_delete_keys)
 
 
-def _count_existing(s: Session, argv: list[bytes]) -> Any:
+def _count_existing(s: DataContext, argv: list[bytes]) -> Any:
     get = s.db.get
     return sum(1 for key in argv[1:] if get(key) is not None)
 
@@ -45,11 +45,11 @@ command("touch", -2, "readonly fast", keys=(1, -1, 1), group=GROUP, summary="Cou
 
 
 @command("type", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="The type of a key's value")
-def type_(s: Session, argv: list[bytes]) -> Any:
+def type_(s: DataContext, argv: list[bytes]) -> Any:
     return "none" if s.db.get(argv[1]) is None else "string"
 
 
-def _rename(s: Session, argv: list[bytes], nx: bool) -> Any:
+def _rename(s: DataContext, argv: list[bytes], nx: bool) -> Any:
     source, target = argv[1], argv[2]
     db = s.db
     source_slot = db.slot(source)
@@ -68,16 +68,16 @@ def _rename(s: Session, argv: list[bytes], nx: bool) -> Any:
 
 
 @command("rename", 3, "write", keys=(1, 2, 1), group=GROUP, summary="Rename a key")
-def rename(s: Session, argv: list[bytes]) -> Any:
+def rename(s: DataContext, argv: list[bytes]) -> Any:
     return _rename(s, argv, nx=False)
 
 
 @command("renamenx", 3, "write fast", keys=(1, 2, 1), group=GROUP, summary="Rename a key if the new name is free")
-def renamenx(s: Session, argv: list[bytes]) -> Any:
+def renamenx(s: DataContext, argv: list[bytes]) -> Any:
     return _rename(s, argv, nx=True)
 
 
-def _copy_options(s: Session, argv: list[bytes]) -> tuple[int, bool]:
+def _copy_options(s: DataContext, argv: list[bytes]) -> tuple[int, bool]:
     target_db, replace = s.db.index, False
     i = 3
     while i < len(argv):
@@ -86,7 +86,7 @@ def _copy_options(s: Session, argv: list[bytes]) -> tuple[int, bool]:
             replace = True
         elif option == b"db" and i + 1 < len(argv):
             target_db = integer(argv[i + 1])
-            if not 0 <= target_db < s.server.keyspace.databases:
+            if not 0 <= target_db < s.keyspace.databases:
                 raise DB_RANGE
             i += 1
         else:
@@ -95,17 +95,17 @@ def _copy_options(s: Session, argv: list[bytes]) -> tuple[int, bool]:
     return target_db, replace
 
 
-def _copy_targets(s: Session, argv: list[bytes]) -> list[Shard_Key]:
+def _copy_targets(s: DataContext, argv: list[bytes]) -> list[Shard_Key]:
     try:
         target_db, _ = _copy_options(s, argv)
     except Exception:
         target_db = s.db.index  # the handler reports the bad option
-    target = s.server.keyspace.view(target_db).slot(argv[2])
+    target = s.keyspace.view(target_db).slot(argv[2])
     return [(s.db.slot(argv[1]), argv[1]), (target, argv[2])]
 
 
 @command("copy", -3, "write denyoom", keys=(1, 2, 1), group=GROUP, summary="Copy a key", since="6.2.0", targets=_copy_targets)
-def copy(s: Session, argv: list[bytes]) -> Any:
+def copy(s: DataContext, argv: list[bytes]) -> Any:
     source, target = argv[1], argv[2]
     target_db, replace = _copy_options(s, argv)
     if source == target and target_db == s.db.index:
@@ -114,7 +114,7 @@ def copy(s: Session, argv: list[bytes]) -> Any:
     value = source_slot.lookup(source)
     if value is None:
         return 0
-    target_slot = s.server.keyspace.view(target_db).slot(target)
+    target_slot = s.keyspace.view(target_db).slot(target)
     if target_slot.lookup(target) is not None and not replace:
         return 0
     # Both keys now hold the one value object: an edit of either copies it first.
@@ -122,24 +122,24 @@ def copy(s: Session, argv: list[bytes]) -> Any:
     return 1
 
 
-def _move_db(s: Session, argv: list[bytes]) -> int:
+def _move_db(s: DataContext, argv: list[bytes]) -> int:
     db = integer(argv[2])
-    if not 0 <= db < s.server.keyspace.databases:
+    if not 0 <= db < s.keyspace.databases:
         raise DB_RANGE
     return db
 
 
-def _move_targets(s: Session, argv: list[bytes]) -> list[Shard_Key]:
+def _move_targets(s: DataContext, argv: list[bytes]) -> list[Shard_Key]:
     try:
         target_db = _move_db(s, argv)
     except CommandError:
         target_db = s.db.index  # the handler reports it
-    target = s.server.keyspace.view(target_db).slot(argv[1])
+    target = s.keyspace.view(target_db).slot(argv[1])
     return [(s.db.slot(argv[1]), argv[1]), (target, argv[1])]
 
 
 @command("move", 3, "write fast", keys=(1, 1, 1), group=GROUP, summary="Move a key to another database", targets=_move_targets)
-def move(s: Session, argv: list[bytes]) -> Any:
+def move(s: DataContext, argv: list[bytes]) -> Any:
     key = argv[1]
     target_db = _move_db(s, argv)
     if target_db == s.db.index:
@@ -148,7 +148,7 @@ def move(s: Session, argv: list[bytes]) -> Any:
     value = source.lookup(key)
     if value is None:
         return 0
-    target = s.server.keyspace.view(target_db).slot(key)
+    target = s.keyspace.view(target_db).slot(key)
     if target.lookup(key) is not None:
         return 0
     # Both slots are in the command's targets: locked together, so the move is atomic.
@@ -165,17 +165,17 @@ def _db_index(raw: bytes, which: str) -> int:
 
 
 @command("swapdb", 3, "write fast", group="server", summary="Swap two databases", since="4.0.0", scope=Scope.ALL)
-def swapdb(s: Session, argv: list[bytes]) -> Any:
+def swapdb(s: DataContext, argv: list[bytes]) -> Any:
     first, second = _db_index(argv[1], "first"), _db_index(argv[2], "second")
-    databases = s.server.keyspace.databases
+    databases = s.keyspace.databases
     if not (0 <= first < databases and 0 <= second < databases):
         raise DB_RANGE
-    s.server.keyspace.swap(first, second)
+    s.keyspace.swap(first, second)
     return "OK"
 
 
 @command("keys", 2, "readonly", group=GROUP, summary="Keys matching a pattern", scope=Scope.ALL)
-def keys(s: Session, argv: list[bytes]) -> Any:
+def keys(s: DataContext, argv: list[bytes]) -> Any:
     pattern = argv[1]
     found: list[bytes] = []
     for slot in s.db.occupied_from(0):
@@ -186,7 +186,7 @@ def keys(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("scan", -2, "readonly", group=GROUP, summary="Iterate over the keys", since="2.8.0", scope=Scope.ALL)
-def scan(s: Session, argv: list[bytes]) -> Any:
+def scan(s: DataContext, argv: list[bytes]) -> Any:
     cursor = parse_int(argv[1]) if argv[1][:1] != b"-" else None
     if cursor is None:
         raise err("invalid cursor")
@@ -228,7 +228,7 @@ def scan(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("randomkey", 1, "readonly", group=GROUP, summary="A random key", scope=Scope.ALL)
-def randomkey(s: Session, argv: list[bytes]) -> Any:
+def randomkey(s: DataContext, argv: list[bytes]) -> Any:
     # A random slot among those holding keys, then a random key of it (Redis: a random
     # bucket, then a random entry of its chain). An expired key is deleted and another
     # drawn, as Redis does; one that cannot be deleted now (locked) counts as a miss.
@@ -250,7 +250,7 @@ def randomkey(s: Session, argv: list[bytes]) -> Any:
 # ------------------------------------------------------------------------ expiry
 
 
-def _expire(s: Session, argv: list[bytes], unit: int, absolute: bool, name: str) -> Any:
+def _expire(s: DataContext, argv: list[bytes], unit: int, absolute: bool, name: str) -> Any:
     nx = xx = gt = lt = False
     for raw in argv[3:]:
         option = raw.lower()
@@ -288,26 +288,26 @@ def _expire(s: Session, argv: list[bytes], unit: int, absolute: bool, name: str)
 
 
 @command("expire", -3, "write fast", keys=(1, 1, 1), group=GROUP, summary="Set a TTL in seconds")
-def expire(s: Session, argv: list[bytes]) -> Any:
+def expire(s: DataContext, argv: list[bytes]) -> Any:
     return _expire(s, argv, 1000, False, "expire")
 
 
 @command("pexpire", -3, "write fast", keys=(1, 1, 1), group=GROUP, summary="Set a TTL in ms", since="2.6.0")
-def pexpire(s: Session, argv: list[bytes]) -> Any:
+def pexpire(s: DataContext, argv: list[bytes]) -> Any:
     return _expire(s, argv, 1, False, "pexpire")
 
 
 @command("expireat", -3, "write fast", keys=(1, 1, 1), group=GROUP, summary="Set a deadline in Unix seconds", since="1.2.0")
-def expireat(s: Session, argv: list[bytes]) -> Any:
+def expireat(s: DataContext, argv: list[bytes]) -> Any:
     return _expire(s, argv, 1000, True, "expireat")
 
 
 @command("pexpireat", -3, "write fast", keys=(1, 1, 1), group=GROUP, summary="Set a deadline in Unix ms", since="2.6.0")
-def pexpireat(s: Session, argv: list[bytes]) -> Any:
+def pexpireat(s: DataContext, argv: list[bytes]) -> Any:
     return _expire(s, argv, 1, True, "pexpireat")
 
 
-def _ttl(s: Session, key: bytes, in_ms: bool, absolute: bool) -> int:
+def _ttl(s: DataContext, key: bytes, in_ms: bool, absolute: bool) -> int:
     slot = s.db.slot(key)
     if slot.lookup(key) is None:
         return -2
@@ -319,27 +319,27 @@ def _ttl(s: Session, key: bytes, in_ms: bool, absolute: bool) -> int:
 
 
 @command("ttl", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Seconds to live")
-def ttl(s: Session, argv: list[bytes]) -> Any:
+def ttl(s: DataContext, argv: list[bytes]) -> Any:
     return _ttl(s, argv[1], False, False)
 
 
 @command("pttl", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Milliseconds to live", since="2.6.0")
-def pttl(s: Session, argv: list[bytes]) -> Any:
+def pttl(s: DataContext, argv: list[bytes]) -> Any:
     return _ttl(s, argv[1], True, False)
 
 
 @command("expiretime", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Deadline in Unix seconds", since="7.0.0")
-def expiretime(s: Session, argv: list[bytes]) -> Any:
+def expiretime(s: DataContext, argv: list[bytes]) -> Any:
     return _ttl(s, argv[1], False, True)
 
 
 @command("pexpiretime", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Deadline in Unix ms", since="7.0.0")
-def pexpiretime(s: Session, argv: list[bytes]) -> Any:
+def pexpiretime(s: DataContext, argv: list[bytes]) -> Any:
     return _ttl(s, argv[1], True, True)
 
 
 @command("persist", 2, "write fast", keys=(1, 1, 1), group=GROUP, summary="Remove a key's TTL", since="2.2.0")
-def persist(s: Session, argv: list[bytes]) -> Any:
+def persist(s: DataContext, argv: list[bytes]) -> Any:
     slot = s.db.slot(argv[1])
     if slot.lookup(argv[1]) is None or slot.ttl_at(argv[1]) is None:
         return 0

@@ -27,7 +27,7 @@ from dtm.commands.table import command
 from dtm.errors import SYNTAX, err
 
 if TYPE_CHECKING:
-    from dtm.session import Session
+    from dtm.commands.context import DataContext
 
 Text = bytes | bytearray
 # One run of equal bytes on the walk: a[a_start..a_end] == b[b_start..b_end].
@@ -139,7 +139,7 @@ def subsequence(a: Text, runs: list[Run]) -> bytes:
 
 
 @command("lcs", -3, "readonly", keys=(1, 2, 1), group="string", summary="Find longest common substring", since="7.0.0")
-def lcs_command(s: Session, argv: list[bytes]) -> Any:
+def lcs_command(s: DataContext, argv: list[bytes]) -> Any:
     get = s.db.get
     a = get(argv[1]) or b""
     b = get(argv[2]) or b""
@@ -165,7 +165,7 @@ def lcs_command(s: Session, argv: list[bytes]) -> Any:
     if len(a) >= _UINT32_MAX - 1 or len(b) >= _UINT32_MAX - 1:
         raise err("String too long for LCS")
     # Redis refuses a table of uint32 lengths larger than proto-max-bulk-len.
-    if (len(a) + 1) * (len(b) + 1) * 4 > s.server.config.proto_max_bulk_len:
+    if (len(a) + 1) * (len(b) + 1) * 4 > s.config.proto_max_bulk_len:
         raise err("Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len")
     length, runs = lcs(a, b, want_runs=not want_len)
     if want_len:

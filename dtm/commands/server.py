@@ -13,6 +13,7 @@ from dtm.errors import SYNTAX, ConfigError, err
 from dtm.glob import glob_match
 
 if TYPE_CHECKING:
+    from dtm.commands.context import DataContext
     from dtm.session import Session
 
 GROUP = "server"
@@ -269,7 +270,7 @@ assert set(FIELDS) >= MUTABLE
 
 
 @command("dbsize", 1, "readonly fast", group=GROUP, summary="Number of keys", scope=Scope.ALL)
-def dbsize(s: Session, argv: list[bytes]) -> Any:
+def dbsize(s: DataContext, argv: list[bytes]) -> Any:
     return s.db.size()
 
 
@@ -279,16 +280,16 @@ def _flush_mode(argv: list[bytes]) -> None:
 
 
 @command("flushdb", -1, "write", group=GROUP, summary="Remove every key of the database", scope=Scope.ALL)
-def flushdb(s: Session, argv: list[bytes]) -> Any:
+def flushdb(s: DataContext, argv: list[bytes]) -> Any:
     _flush_mode(argv)
     s.db.flush()
     return "OK"
 
 
 @command("flushall", -1, "write", group=GROUP, summary="Remove every key", scope=Scope.ALL)
-def flushall(s: Session, argv: list[bytes]) -> Any:
+def flushall(s: DataContext, argv: list[bytes]) -> Any:
     _flush_mode(argv)
-    for view in s.server.keyspace.views():
+    for view in s.keyspace.views():
         view.flush()
     return "OK"
 

@@ -23,20 +23,20 @@ from dtm.slots import HASH_TAG_OPEN
 from dtm.store import editable
 
 if TYPE_CHECKING:
-    from dtm.session import Session
+    from dtm.commands.context import DataContext
 
 GROUP = "string"
 
 _EXPIRE_UNITS = {b"ex": (1000, False), b"px": (1, False), b"exat": (1000, True), b"pxat": (1, True)}
 
 
-def _check_length(s: Session, length: int) -> None:
-    if length > s.server.config.proto_max_bulk_len:
+def _check_length(s: DataContext, length: int) -> None:
+    if length > s.config.proto_max_bulk_len:
         raise err("string exceeds maximum allowed size (proto-max-bulk-len)")
 
 
 @command("get", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Get the value of a key")
-def get(s: Session, argv: list[bytes]) -> Any:
+def get(s: DataContext, argv: list[bytes]) -> Any:
     key = argv[1]
     if HASH_TAG_OPEN in key:
         return s.db.get(key)
@@ -49,7 +49,7 @@ def get(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("set", -3, "write denyoom", keys=(1, 1, 1), group=GROUP, summary="Set the string value of a key")
-def set_(s: Session, argv: list[bytes]) -> Any:
+def set_(s: DataContext, argv: list[bytes]) -> Any:
     key, value = argv[1], argv[2]
     if len(argv) == 3:  # the common case, kept short
         slot = s.db.table[crc_hqx(key, 0) & 16383] if HASH_TAG_OPEN not in key else s.db.slot(key)
@@ -93,7 +93,7 @@ def set_(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("setnx", 3, "write denyoom fast", keys=(1, 1, 1), group=GROUP, summary="Set a key only if it does not exist")
-def setnx(s: Session, argv: list[bytes]) -> Any:
+def setnx(s: DataContext, argv: list[bytes]) -> Any:
     slot = s.db.slot(argv[1])
     if slot.lookup(argv[1]) is not None:
         return 0
@@ -101,24 +101,24 @@ def setnx(s: Session, argv: list[bytes]) -> Any:
     return 1
 
 
-def _set_with_ttl(s: Session, argv: list[bytes], unit: int, name: str) -> Any:
+def _set_with_ttl(s: DataContext, argv: list[bytes], unit: int, name: str) -> Any:
     deadline = expire_deadline(argv[2], unit, False, name)
     s.db.slot(argv[1]).store(argv[1], argv[3], deadline)
     return "OK"
 
 
 @command("setex", 4, "write denyoom", keys=(1, 1, 1), group=GROUP, summary="Set a key with a TTL in seconds")
-def setex(s: Session, argv: list[bytes]) -> Any:
+def setex(s: DataContext, argv: list[bytes]) -> Any:
     return _set_with_ttl(s, argv, 1000, "setex")
 
 
 @command("psetex", 4, "write denyoom", keys=(1, 1, 1), group=GROUP, summary="Set a key with a TTL in ms")
-def psetex(s: Session, argv: list[bytes]) -> Any:
+def psetex(s: DataContext, argv: list[bytes]) -> Any:
     return _set_with_ttl(s, argv, 1, "psetex")
 
 
 @command("getset", 3, "write denyoom fast", keys=(1, 1, 1), group=GROUP, summary="Set a key and return its old value")
-def getset(s: Session, argv: list[bytes]) -> Any:
+def getset(s: DataContext, argv: list[bytes]) -> Any:
     slot = s.db.slot(argv[1])
     old = slot.lookup(argv[1])
     slot.store(argv[1], argv[2])
@@ -126,7 +126,7 @@ def getset(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("getdel", 2, "write fast", keys=(1, 1, 1), group=GROUP, summary="Get a key's value and delete it", since="6.2.0")
-def getdel(s: Session, argv: list[bytes]) -> Any:
+def getdel(s: DataContext, argv: list[bytes]) -> Any:
     slot = s.db.slot(argv[1])
     old = slot.lookup(argv[1])
     if old is not None:
@@ -135,7 +135,7 @@ def getdel(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("getex", -2, "write fast", keys=(1, 1, 1), group=GROUP, summary="Get a key's value and set its TTL", since="6.2.0")
-def getex(s: Session, argv: list[bytes]) -> Any:
+def getex(s: DataContext, argv: list[bytes]) -> Any:
     key = argv[1]
     persist = False
     expiry: tuple[bytes, bytes] | None = None
@@ -169,13 +169,13 @@ def getex(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("mget", -2, "readonly fast", keys=(1, -1, 1), group=GROUP, summary="Get the values of several keys")
-def mget(s: Session, argv: list[bytes]) -> Any:
+def mget(s: DataContext, argv: list[bytes]) -> Any:
     get_ = s.db.get
     return [get_(key) for key in argv[1:]]
 
 
 @command("mset", -3, "write denyoom", keys=(1, -1, 2), group=GROUP, summary="Set several keys")
-def mset(s: Session, argv: list[bytes]) -> Any:
+def mset(s: DataContext, argv: list[bytes]) -> Any:
     if len(argv) % 2 == 0:
         raise wrong_arity("mset")
     route = s.db.slot
@@ -185,7 +185,7 @@ def mset(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("msetnx", -3, "write denyoom", keys=(1, -1, 2), group=GROUP, summary="Set several keys if none exists")
-def msetnx(s: Session, argv: list[bytes]) -> Any:
+def msetnx(s: DataContext, argv: list[bytes]) -> Any:
     if len(argv) % 2 == 0:
         raise wrong_arity("msetnx")
     if any(s.db.get(argv[i]) is not None for i in range(1, len(argv), 2)):
@@ -195,7 +195,7 @@ def msetnx(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("append", 3, "write denyoom fast", keys=(1, 1, 1), group=GROUP, summary="Append to a key's value")
-def append(s: Session, argv: list[bytes]) -> Any:
+def append(s: DataContext, argv: list[bytes]) -> Any:
     key = argv[1]
     slot = s.db.slot(key)
     old = slot.lookup(key)
@@ -210,12 +210,12 @@ def append(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("strlen", 2, "readonly fast", keys=(1, 1, 1), group=GROUP, summary="Length of a key's value", since="2.2.0")
-def strlen(s: Session, argv: list[bytes]) -> Any:
+def strlen(s: DataContext, argv: list[bytes]) -> Any:
     value = s.db.get(argv[1])
     return 0 if value is None else len(value)
 
 
-def _getrange(s: Session, argv: list[bytes]) -> Any:
+def _getrange(s: DataContext, argv: list[bytes]) -> Any:
     start, end = integer(argv[2]), integer(argv[3])
     value = s.db.get(argv[1]) or b""
     size = len(value)
@@ -236,7 +236,7 @@ command("substr", 4, "readonly", keys=(1, 1, 1), group=GROUP, summary="A substri
 
 
 @command("setrange", 4, "write denyoom", keys=(1, 1, 1), group=GROUP, summary="Overwrite part of a key's value", since="2.2.0")
-def setrange(s: Session, argv: list[bytes]) -> Any:
+def setrange(s: DataContext, argv: list[bytes]) -> Any:
     key, patch = argv[1], argv[3]
     offset = integer(argv[2])
     if offset < 0:
@@ -257,7 +257,7 @@ def setrange(s: Session, argv: list[bytes]) -> Any:
     return len(value)
 
 
-def _increment(s: Session, key: bytes, delta: int) -> int:
+def _increment(s: DataContext, key: bytes, delta: int) -> int:
     slot = s.db.slot(key)
     old = slot.lookup(key)
     current = 0
@@ -277,22 +277,22 @@ def _increment(s: Session, key: bytes, delta: int) -> int:
 
 
 @command("incr", 2, "write denyoom fast", keys=(1, 1, 1), group=GROUP, summary="Increment a counter by one")
-def incr(s: Session, argv: list[bytes]) -> Any:
+def incr(s: DataContext, argv: list[bytes]) -> Any:
     return _increment(s, argv[1], 1)
 
 
 @command("decr", 2, "write denyoom fast", keys=(1, 1, 1), group=GROUP, summary="Decrement a counter by one")
-def decr(s: Session, argv: list[bytes]) -> Any:
+def decr(s: DataContext, argv: list[bytes]) -> Any:
     return _increment(s, argv[1], -1)
 
 
 @command("incrby", 3, "write denyoom fast", keys=(1, 1, 1), group=GROUP, summary="Increment a counter")
-def incrby(s: Session, argv: list[bytes]) -> Any:
+def incrby(s: DataContext, argv: list[bytes]) -> Any:
     return _increment(s, argv[1], integer(argv[2]))
 
 
 @command("decrby", 3, "write denyoom fast", keys=(1, 1, 1), group=GROUP, summary="Decrement a counter")
-def decrby(s: Session, argv: list[bytes]) -> Any:
+def decrby(s: DataContext, argv: list[bytes]) -> Any:
     delta = integer(argv[2])
     if delta == LLONG_MIN:
         raise err("decrement would overflow")
@@ -300,7 +300,7 @@ def decrby(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("incrbyfloat", 3, "write denyoom fast", keys=(1, 1, 1), group=GROUP, summary="Increment a float", since="2.6.0")
-def incrbyfloat(s: Session, argv: list[bytes]) -> Any:
+def incrbyfloat(s: DataContext, argv: list[bytes]) -> Any:
     key = argv[1]
     slot = s.db.slot(key)
     old = slot.lookup(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from dtm.session import Session
 
 Handler = Callable[["Session", list[bytes]], Any]
+# A handler as written: it may take a narrower context than the Session (DataContext).
+H = TypeVar("H", bound=Callable[..., Any])
 
 
 class Scope(enum.Enum):
@@ -111,10 +113,10 @@ def command(
     since: str = "1.0.0",
     parent: Spec | None = None,
     targets: Callable[[Session, list[bytes]], list[Shard_Key]] | None = None,
-) -> Callable[[Handler], Handler]:
+) -> Callable[[H], H]:
     """Register the decorated function as a command (or as parent's subcommand)."""
 
-    def register(handler: Handler) -> Handler:
+    def register(handler: H) -> H:
         import inspect
 
         first, last, step = keys
