@@ -553,7 +553,8 @@ def _encode_rare(reply: Any, proto: int) -> bytes:
     if isinstance(reply, (bytearray, memoryview)):  # a value edited in place (APPEND, SETRANGE)
         return b"$%d\r\n%b\r\n" % (len(reply), reply)  # type: ignore[str-format]
     if isinstance(reply, CommandError):
-        text = reply.text.replace("\r", " ").replace("\n", " ")
+        # As Redis's addReplyErrorFormat: line breaks at the end go, others become spaces.
+        text = reply.text.rstrip("\r\n").replace("\r", " ").replace("\n", " ")
         return b"-" + text.encode() + b"\r\n"
     if reply is NULL_ARRAY:
         return b"_\r\n" if proto == 3 else b"*-1\r\n"

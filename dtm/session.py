@@ -271,9 +271,19 @@ class Session:
             if self.in_multi:
                 self.multi_error = True
             self._rejected(argv, exc)
+            if argv[0].lower() == b"exec" and not exc.text.startswith("EXECABORT"):
+                return self._exec_aborted(exc)
             return exc
         except Exception as exc:
             return self._internal_error(exc, argv)
+
+    def _exec_aborted(self, exc: CommandError) -> CommandError:
+        """EXEC refused before it ran (arity, NOAUTH, …): as Redis's execCommandAbort,
+        the transaction is discarded, its watches dropped, and the reason given."""
+        self.discard_multi()
+        self.unwatch()
+        reason = exc.text[4:] if exc.text.startswith("ERR ") else exc.text
+        return CommandError(f"EXECABORT Transaction discarded because of: {reason}")
 
     async def run(self, spec: Spec, argv: list[bytes]) -> Any:
         """Run a resolved command on the path dtm.route chooses for it."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
+from helpers import replies_of
+
 
 def test_transaction_true_pipeline_across_buckets(r: redis.Redis) -> None:
     pipe = r.pipeline(transaction=True)
@@ -122,3 +124,20 @@ def test_select_inside_multi_moves_later_commands(r: redis.Redis, dtm_server) ->
     fresh.execute_command("SELECT", 2)
     assert fresh.get("in2") == b"yes"
     fresh.close()
+
+
+def test_exec_refused_before_it_runs_aborts_the_transaction_as_redis(dtm_server, redis_server: int) -> None:
+    """Redis's rejectCommand: an EXEC refused before it runs (wrong arity) discards the
+    transaction and its watches with EXECABORT, in MULTI or not."""
+    commands = [["WATCH", "w"], ["MULTI"], ["SET", "k", "1"], ["EXEC", "extra"], ["EXEC"],
+                ["GET", "k"], ["EXEC", "x"]]
+    ours, theirs = dtm_server.client(), redis.Redis(port=redis_server)
+    ours.flushall()
+    theirs.flushall()
+    mine = replies_of(ours, commands)
+    assert mine == replies_of(theirs, commands)
+    assert mine[3] == ("error", "ExecAbortError",  # redis-py strips the EXECABORT code
+                       "Transaction discarded because of: wrong number of arguments for 'exec' command")
+    assert mine[4] == ("error", "ResponseError", "EXEC without MULTI")  # discarded
+    ours.close()
+    theirs.close()

@@ -23,6 +23,18 @@ def integer(raw: bytes) -> int:
     return value
 
 
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+INT_RANGE = err(f"value is out of range, value must between {INT_MIN} and {INT_MAX}")
+
+
+def c_int(raw: bytes) -> int:
+    """An argument Redis reads into a C int (getIntFromObjectOrReply): a DB index."""
+    value = integer(raw)
+    if not INT_MIN <= value <= INT_MAX:
+        raise INT_RANGE
+    return value
+
+
 def expire_deadline(raw: bytes, unit_ms: int, absolute: bool, command: str) -> int:
     """An EX/PX/EXAT/PXAT argument as an absolute Unix-ms deadline (Redis's
     getExpireMillisecondsOrReply): positive, and no overflow."""

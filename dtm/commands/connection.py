@@ -6,8 +6,8 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from dtm import REDIS_COMPAT_VERSION
-from dtm.commands.args import integer
-from dtm.commands.table import command, container
+from dtm.commands.args import c_int
+from dtm.commands.table import c_text, command, container
 from dtm.errors import DB_RANGE, SYNTAX, CommandError, err
 from dtm.resp import Verbatim, parse_int
 
@@ -98,7 +98,7 @@ def hello(s: Session, argv: list[bytes]) -> Any:
                 name = argv[i + 1]
                 i += 2
             else:
-                raise err(f"Syntax error in HELLO option '{argv[i].decode('utf-8', 'replace')}'")
+                raise err(f"Syntax error in HELLO option '{c_text(argv[i])}'")
     if credentials is not None:
         _check_password(s, *credentials)
         s.authenticate()
@@ -125,7 +125,7 @@ def hello(s: Session, argv: list[bytes]) -> Any:
 
 @command("select", 2, "loading stale fast", group=GROUP, summary="Change the selected database")
 def select(s: Session, argv: list[bytes]) -> Any:
-    index = integer(argv[1])
+    index = c_int(argv[1])
     if not 0 <= index < s.server.keyspace.databases:
         raise DB_RANGE
     s.select(index)
@@ -163,7 +163,7 @@ def client_getname(s: Session, argv: list[bytes]) -> Any:
 def client_setinfo(s: Session, argv: list[bytes]) -> Any:
     attribute, value = argv[2].lower(), argv[3]
     if attribute not in (b"lib-name", b"lib-ver"):
-        raise err(f"Unrecognized option '{argv[2].decode('utf-8', 'replace')}'")
+        raise err(f"Unrecognized option '{c_text(argv[2])}'")
     if any(c < 33 or c > 126 for c in value):
         raise err(
             f"{attribute.decode()} cannot contain spaces, newlines or special characters."
@@ -184,14 +184,14 @@ def client_list(s: Session, argv: list[bytes]) -> Any:
             wanted = set()
             for raw in argv[3:]:
                 value = parse_int(raw)
-                if value is None or value <= 0:
+                if value is None:  # Redis takes any int64: one no client has matches none
                     raise err("Invalid client ID")
                 wanted.add(value)
             sessions = [c for c in sessions if c.id in wanted]
         elif option == b"type" and len(argv) == 4:
             kind = argv[3].lower()
             if kind not in (b"normal", b"master", b"replica", b"slave", b"pubsub"):
-                raise err(f"Unknown client type '{argv[3].decode('utf-8', 'replace')}'")
+                raise err(f"Unknown client type '{c_text(argv[3])}'")
             if kind != b"normal":
                 sessions = []
         else:

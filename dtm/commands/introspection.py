@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dtm.commands.connection import CLIENT
-from dtm.commands.table import command, container
+from dtm.commands.table import c_text, command, container
 from dtm.errors import SYNTAX, err
 from dtm.observe import LatencySeries
 from dtm.pause import PauseKind
@@ -113,7 +113,7 @@ def latency_reset(s: Session, argv: list[bytes]) -> Any:
 
 @command("graph", 3, "admin noscript loading stale", group=GROUP, summary="ASCII graph of one event", parent=LATENCY, since="2.8.13")
 def latency_graph(s: Session, argv: list[bytes]) -> Any:
-    event = argv[2].decode("utf-8", "replace")
+    event = c_text(argv[2])  # Redis looks the C string up: a NUL ends the name
     series = s.server.observe.latency.get(event)
     if series is None:
         raise err(f"No samples available for event '{event}'")

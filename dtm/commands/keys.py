@@ -7,8 +7,8 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from dtm import clock
-from dtm.commands.args import expire_when, integer
-from dtm.commands.table import Scope, Shard_Key, command
+from dtm.commands.args import c_int, expire_when, integer
+from dtm.commands.table import Scope, Shard_Key, c_text, command
 from dtm.errors import DB_RANGE, NO_SUCH_KEY, SYNTAX, CommandError, err
 from dtm.glob import glob_filter
 from dtm.resp import parse_int
@@ -85,7 +85,7 @@ def _copy_options(s: DataContext, argv: list[bytes]) -> tuple[int, bool]:
         if option == b"replace":
             replace = True
         elif option == b"db" and i + 1 < len(argv):
-            target_db = integer(argv[i + 1])
+            target_db = c_int(argv[i + 1])
             if not 0 <= target_db < s.keyspace.databases:
                 raise DB_RANGE
             i += 1
@@ -123,7 +123,7 @@ def copy(s: DataContext, argv: list[bytes]) -> Any:
 
 
 def _move_db(s: DataContext, argv: list[bytes]) -> int:
-    db = integer(argv[2])
+    db = c_int(argv[2])
     if not 0 <= db < s.keyspace.databases:
         raise DB_RANGE
     return db
@@ -185,11 +185,27 @@ def keys(s: DataContext, argv: list[bytes]) -> Any:
     return glob_filter(pattern, found)
 
 
+ULONG_MAX = 2**64 - 1
+
+
+def scan_cursor(raw: bytes) -> int:
+    """A cursor as Redis reads it (strtoul on the C string): "" and "-0" are 0, a leading
+    sign is taken and a negative wraps around; spaces first, junk after, or overflow are
+    refused."""
+    text = raw.split(b"\0", 1)[0]
+    digits = text[1:] if text[:1] in (b"+", b"-") else text
+    significant = digits.lstrip(b"0")
+    if len(significant) > 20 or (digits and not digits.isdigit()) or (text and not digits):
+        raise err("invalid cursor")
+    value = int(significant or b"0")
+    if value > ULONG_MAX:
+        raise err("invalid cursor")
+    return (-value) % (ULONG_MAX + 1) if text[:1] == b"-" else value
+
+
 @command("scan", -2, "readonly", group=GROUP, summary="Iterate over the keys", since="2.8.0", scope=Scope.ALL)
 def scan(s: DataContext, argv: list[bytes]) -> Any:
-    cursor = parse_int(argv[1]) if argv[1][:1] != b"-" else None
-    if cursor is None:
-        raise err("invalid cursor")
+    cursor = scan_cursor(argv[1])
     pattern: bytes | None = None
     count, type_filter = 10, None
     i = 2
@@ -263,7 +279,7 @@ def _expire(s: DataContext, argv: list[bytes], unit: int, absolute: bool, name: 
         elif option == b"lt":
             lt = True
         else:
-            raise err(f"Unsupported option {raw.decode('utf-8', 'replace')}")
+            raise err(f"Unsupported option {c_text(raw)}")
     if nx and (xx or gt or lt):
         raise err("NX and XX, GT or LT options at the same time are not compatible")
     if gt and lt:

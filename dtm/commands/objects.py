@@ -121,7 +121,9 @@ def memory_usage(s: Session, argv: list[bytes]) -> Any:
     i = 3
     while i < len(argv):
         if argv[i].lower() == b"samples" and i + 1 < len(argv):
-            integer(argv[i + 1])  # strings have nothing to sample; checked as Redis does
+            # Strings have nothing to sample; the count is still checked as Redis does.
+            if integer(argv[i + 1]) < 0:
+                raise SYNTAX
             i += 2
         else:
             raise SYNTAX

@@ -48,6 +48,12 @@ def get(s: DataContext, argv: list[bytes]) -> Any:
     return value
 
 
+def _same_unit(expiry: tuple[bytes, bytes] | None, option: bytes) -> bool:
+    """Whether an expiry option may follow what was given: Redis lets one unit repeat
+    (its last value wins) and refuses a second unit."""
+    return expiry is None or expiry[0] == option
+
+
 @command("set", -3, "write denyoom", keys=(1, 1, 1), group=GROUP, summary="Set the string value of a key")
 def set_(s: DataContext, argv: list[bytes]) -> Any:
     key, value = argv[1], argv[2]
@@ -69,7 +75,7 @@ def set_(s: DataContext, argv: list[bytes]) -> Any:
             want_get = True
         elif option == b"keepttl" and expiry is None:
             keep_ttl = True
-        elif option in _EXPIRE_UNITS and not keep_ttl and expiry is None and has_next:
+        elif option in _EXPIRE_UNITS and not keep_ttl and _same_unit(expiry, option) and has_next:
             expiry = (option, argv[i + 1])
             i += 1
         else:
@@ -142,10 +148,10 @@ def getex(s: DataContext, argv: list[bytes]) -> Any:
     i = 2
     while i < len(argv):
         option = argv[i].lower()
-        if option in _EXPIRE_UNITS and expiry is None and not persist and i + 1 < len(argv):
+        if option in _EXPIRE_UNITS and _same_unit(expiry, option) and not persist and i + 1 < len(argv):
             expiry = (option, argv[i + 1])
             i += 1
-        elif option == b"persist" and expiry is None and not persist:
+        elif option == b"persist" and expiry is None:
             persist = True
         else:
             raise SYNTAX

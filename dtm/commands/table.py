@@ -192,11 +192,27 @@ def resolve(argv: list[bytes]) -> Spec:
 
 
 def unknown_command(argv: list[bytes]) -> CommandError:
-    shown = "".join(f"'{_shown(arg)}' " for arg in argv[1:])
+    # As Redis: the arguments are quoted until 128 bytes are shown, the last one cut to fit.
+    shown = b""
+    for arg in argv[1:]:
+        if len(shown) >= 128:
+            break
+        shown += b"'" + _c_string(arg[: 128 - len(shown)]) + b"' "
     return err(
-        f"unknown command '{_shown(argv[0])}', with args beginning with: {shown}"
+        f"unknown command '{_shown(argv[0])}', with args beginning with: "
+        + shown.decode("utf-8", "replace")
     )
 
 
+def c_text(arg: bytes) -> str:
+    """An argument as Redis's "%s" puts it in an error text: up to its first NUL byte."""
+    return _c_string(arg).decode("utf-8", "replace")
+
+
+def _c_string(arg: bytes) -> bytes:
+    """What C's %s prints of an argument: up to its first NUL byte."""
+    return arg.split(b"\0", 1)[0] if b"\0" in arg else arg
+
+
 def _shown(arg: bytes, limit: int = 128) -> str:
-    return arg[:limit].decode("utf-8", "replace")
+    return _c_string(arg[:limit]).decode("utf-8", "replace")
