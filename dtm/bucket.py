@@ -238,15 +238,11 @@ class Shard:
             self.occupied[index] = last
             self._place[last] = index
 
-    def next_occupied(self, number: int) -> int | None:
-        """The first slot at or after number that holds keys (a C-speed scan)."""
-        found = self.filled.find(1, max(number - self.first, 0))
-        return None if found < 0 else found + self.first
-
-    def occupied_slots(self) -> Iterator[Slot]:
-        """The slots holding keys, in slot order."""
+    def occupied_slots(self, start: int = 0) -> Iterator[Slot]:
+        """The slots holding keys, from slot number start on, in slot order (found with
+        a C-speed scan of the fill map, never by visiting the empty ones)."""
         slots, filled, first = self.slots, self.filled, self.first
-        at = filled.find(1)
+        at = filled.find(1, max(start - first, 0))
         while at >= 0:
             yield slots[at + first]
             at = filled.find(1, at + 1)
@@ -354,7 +350,7 @@ class Bucket:
         after store.captured() copies), cheap to take and safe to write from a thread."""
         cut: BucketCut = []
         for shard in self.shards():
-            slots = [slot.data.copy() for slot in shard.slots.values() if slot.data]
+            slots = [slot.data.copy() for slot in shard.occupied_slots()]
             if slots:
                 cut.append((shard.db, slots, shard.expires.copy()))
         return cut

@@ -80,12 +80,8 @@ class DbView:
         """The slots holding keys, from slot number on, in slot order (buckets own
         contiguous ascending ranges), found without visiting the empty ones."""
         for shard in self.shards:
-            if not shard.keys or shard.first + len(shard.filled) <= number:
-                continue
-            found = shard.next_occupied(number)
-            while found is not None:
-                yield shard.slots[found]
-                found = shard.next_occupied(found + 1)
+            if shard.keys:
+                yield from shard.occupied_slots(number)
 
     def random_slot(self) -> Slot | None:
         """A slot holding keys, each such slot as likely as another: O(buckets)."""

@@ -23,13 +23,13 @@ import trio
 import dtm.commands  # noqa: F401  (registers every command)
 from dtm import netio
 from dtm.config import Config
+from dtm.durability import DurabilityMode, FinalSaveFailed
 from dtm.fdlimit import fit_maxclients
 from dtm.keyspace import Keyspace
 from dtm.monitor import Monitor, MonitorStats
 from dtm.observe import Observer
 from dtm.pause import Pause
 from dtm.session import Session
-from dtm.durability import DurabilityMode, FinalSaveFailed
 from modes import create_mode
 from modes.base import ShutdownRefusal
 

@@ -1,11 +1,8 @@
-"""Storage engines: what a slot of a bucket stores its keys through.
+"""The values the embedded memory engine stores, and how they may be shared.
 
-The embedded default is in memory: ``dtm.bucket.Slot`` keeps a slot's values in a dict
-and its shard keeps the expiry deadlines, and command handlers call ``Slot``'s small
-API (``lookup``, ``store``, ``store_keep_ttl``, ``delete``, ``set_expire``, ``ttl_at``,
-``touch``). ``SlotEngine`` below is that API written down; another engine (a
-redis-server behind each bucket) provides the same operations, with the monitor's key
-locks held across its round trips.
+``dtm.bucket.Slot`` keeps a slot's values in a dict; this module owns what those values
+are and the rules for editing them in place. (The seam between engines is drawn at the
+bucket, not here: see docs/redis-engine.md.)
 
 Values are ``bytes`` (the string type), or ``Edited`` once APPEND, SETRANGE or SETBIT
 have edited them: a bytearray changed in place, so that a small edit of a large value
@@ -22,7 +19,7 @@ value that a second holder now refers to, so that the next edit copies it too.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
@@ -118,18 +115,3 @@ def settled(reply: object) -> object:
         return [bytes(item) if isinstance(item, bytearray) else item for item in reply]
     return reply
 
-
-class SlotEngine(Protocol):
-    def lookup(self, key: bytes, *, expire: bool = True) -> Value | None: ...
-
-    def store(self, key: bytes, value: Value, expire_at: int | None = None) -> None: ...
-
-    def store_keep_ttl(self, key: bytes, value: Value) -> None: ...
-
-    def delete(self, key: bytes) -> bool: ...
-
-    def set_expire(self, key: bytes, at: int | None) -> None: ...
-
-    def ttl_at(self, key: bytes) -> int | None: ...
-
-    def touch(self, key: bytes) -> None: ...

@@ -16,15 +16,14 @@ loads fully in any other, and a log is removed only by a snapshot that holds it.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 
-from dtm.errors import CommandError, err
 from dtm.durability import CommitRecord, FinalSaveFailed
+from dtm.errors import CommandError, err
 from modes.datadir import DataDir, DataDirError
 from modes.record import Problem, scan
 from modes.replay import ReplayError, ReplaySession, apply_record
@@ -113,7 +112,7 @@ class SnapshottingMode:
         after this replay (so holding it all) retires it. Only a torn end of the last
         log is cut; damage before the end refuses the start-up."""
         seqs = self.datadir.logs_after(manifest)
-        session = ReplaySession(server)
+        session = ReplaySession(server.keyspace, server.config)
         for position, seq in enumerate(seqs):
             path = self.datadir.log_path(seq)
             result, records = scan(path.read_bytes())
@@ -128,7 +127,7 @@ class SnapshottingMode:
                 self.cut_bytes = path.stat().st_size - result.good_end
                 log.warning("binlog tail torn by a crash: cut", file=str(path),
                             at=result.good_end, bytes_cut=self.cut_bytes, detail=result.detail)
-                self._truncate_file(path, result.good_end)
+                self.datadir.cut_file(path, result.good_end)
             for record in records:
                 try:
                     self.replay_failed += len(apply_record(session, record))
@@ -142,14 +141,6 @@ class SnapshottingMode:
             log.info("binlog replayed", files=len(seqs), records=self.replayed, mode=self.name,
                      commands_failed=self.replay_failed)
         return seqs
-
-    def _truncate_file(self, path: Any, size: int) -> None:
-        fd = self.datadir.ops.open(path, os.O_WRONLY)
-        try:
-            self.datadir.ops.truncate(fd, size)
-            self.datadir.ops.fsync(fd)
-        finally:
-            self.datadir.ops.close(fd)
 
     # ------------------------------------------------------------ commits
 

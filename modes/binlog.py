@@ -145,8 +145,8 @@ class BinlogMode(SnapshottingMode):
         try:
             encoded = encode_record(record.txid, record.time_ms, record.commands)
         except RecordTooLarge as exc:
-            # Refused before anything is applied or acknowledged: a record the log's
-            # length field cannot hold could never be replayed.
+            # Refused, so the monitor undoes it before anyone is told: a record the
+            # log's length field cannot hold could never be replayed.
             raise err(f"transaction too large for the binlog: {exc}") from None
         batch = self._batch
         batch.items.append(encoded)

@@ -5,12 +5,13 @@ good record, as redis-check-aof --fix does."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from dtm.config import Config
+from dtm.keyspace import Keyspace
 from modes.datadir import DATA_FORMAT, FORMAT_FILE, DataDir, DataDirError
 from modes.record import LogRecord, Problem, scan
 from modes.replay import ReplayError, ReplaySession, apply_record
@@ -84,12 +85,7 @@ def check(directory: str, repair: bool = False) -> CheckReport:
                        f"{result.detail}; the server refuses to start")
         if repair and result.problem is not Problem.BAD_HEADER:
             size = path.stat().st_size
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, result.good_end)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            datadir.cut_file(path, result.good_end)
             report.fixed(f"{name} cut at byte {result.good_end} ({size - result.good_end} bytes dropped)")
             for later in seqs[position + 1 :]:
                 datadir.log_path(later).unlink()
@@ -106,14 +102,11 @@ def _replay(datadir: DataDir, manifest: dict[str, Any] | None,
     """Replay the logs on the snapshot as a start-up would (in memory only): a logged
     command that fails or raises then is reported. This dtm logs only what it applied,
     so such a command was logged by an older dtm, or the log is damaged."""
-    from dtm.config import Config
-    from dtm.server import Server
-
-    databases = max(16, manifest["databases"] if manifest is not None else 0)
-    server = Server(Config(port=0, mode="none", dir=str(datadir.path), databases=databases))
+    config = Config(databases=max(16, manifest["databases"] if manifest is not None else 0))
+    keyspace = Keyspace(config.buckets, config.databases)
     if manifest is not None:
-        restore(datadir, server.keyspace, manifest)
-    session = ReplaySession(server)
+        restore(datadir, keyspace, manifest)
+    session = ReplaySession(keyspace, config)
     for path, records in logs:
         name = path.relative_to(datadir.path)
         failed = 0

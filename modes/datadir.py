@@ -274,6 +274,15 @@ class DataDir:
 
     # ------------------------------------------------------------ logs
 
+    def cut_file(self, path: Path, size: int) -> None:
+        """Cut a file back to size, durably (a torn or damaged log's tail)."""
+        fd = self.ops.open(path, os.O_WRONLY)
+        try:
+            self.ops.truncate(fd, size)
+            self.ops.fsync(fd)
+        finally:
+            self.ops.close(fd)
+
     def log_path(self, seq: int) -> Path:
         return self.logs / f"{seq:012d}.log"
 

@@ -11,14 +11,13 @@ old limit refused was never logged to reappear under a higher one).
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import attrs
 
 from dtm import clock
 from dtm.commands.table import resolve
-from dtm.errors import CommandError
 from dtm.config import Config
+from dtm.errors import CommandError
 from dtm.keyspace import DbView, Keyspace
 from modes.record import LogRecord
 
@@ -27,10 +26,10 @@ class ReplaySession:
     """The context data command handlers see (dtm.commands.context.DataContext), without
     a connection: the server's keyspace, and its configuration with no size limit."""
 
-    def __init__(self, server: Any) -> None:
-        self.keyspace: Keyspace = server.keyspace
-        self.config: Config = attrs.evolve(server.config, proto_max_bulk_len=sys.maxsize)
-        self.db: DbView = self.keyspace.view(0)
+    def __init__(self, keyspace: Keyspace, config: Config) -> None:
+        self.keyspace = keyspace
+        self.config = attrs.evolve(config, proto_max_bulk_len=sys.maxsize)
+        self.db: DbView = keyspace.view(0)
 
     def select(self, index: int) -> None:
         self.db = self.keyspace.view(index)

@@ -546,7 +546,7 @@ async def test_in_place_edits_whose_log_write_fails_are_undone_byte_for_byte(tmp
     assert value(recovered(directory), "v") == before
 
 
-async def test_a_record_too_large_for_the_log_is_refused_before_it_is_applied(
+async def test_a_record_too_large_for_the_log_is_refused_and_undone_before_any_reply(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import modes.record
 

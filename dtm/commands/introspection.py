@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dtm.commands.connection import CLIENT
-from dtm.commands.table import c_text, command, container
+from dtm.commands.table import c_text, command, container, help_reply, subcommand_error
 from dtm.errors import SYNTAX, err
 from dtm.observe import LatencySeries
 from dtm.pause import PauseKind
@@ -20,19 +20,6 @@ if TYPE_CHECKING:
 GROUP = "server"
 
 
-def _help(name: str, lines: list[str]) -> list[bytes]:
-    """addReplyHelp: a header, the lines, then HELP's own entry."""
-    return [f"{name} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:".encode()] + [
-        line.encode() for line in [*lines, "HELP", "    Prints this help."]
-    ]
-
-
-def _wrong_subcommand(argv: list[bytes], container: str) -> str:
-    """addReplySubcommandSyntaxError: the subcommand as the client typed it."""
-    name = argv[1].decode("utf-8", "replace")
-    return f"unknown subcommand or wrong number of arguments for '{name}'. Try {container} HELP."
-
-
 # ------------------------------------------------------------------- SLOWLOG
 
 SLOWLOG = container("slowlog", group=GROUP, summary="The slow log", since="2.2.12")
@@ -41,7 +28,7 @@ SLOWLOG = container("slowlog", group=GROUP, summary="The slow log", since="2.2.1
 @command("get", -2, "admin loading stale", group=GROUP, summary="Slow log entries", parent=SLOWLOG, since="2.2.12")
 def slowlog_get(s: Session, argv: list[bytes]) -> Any:
     if len(argv) > 3:
-        raise err(_wrong_subcommand(argv, "SLOWLOG"))
+        raise subcommand_error(argv)
     entries = s.server.observe.slowlog
     count = 10
     if len(argv) == 3:
@@ -64,8 +51,8 @@ def slowlog_reset(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("help", 2, "loading stale", group=GROUP, summary="SLOWLOG subcommands", parent=SLOWLOG, since="6.2.0")
-def slowlog_help(s: Session, argv: list[bytes]) -> Any:
-    return _help("SLOWLOG", [
+def slowloghelp_reply(s: Session, argv: list[bytes]) -> Any:
+    return help_reply("SLOWLOG", [
         "GET [<count>]",
         "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
         "    Entries are made of:",
@@ -264,8 +251,8 @@ def latency_histogram(s: Session, argv: list[bytes]) -> Any:
 
 
 @command("help", 2, "loading stale", group=GROUP, summary="LATENCY subcommands", parent=LATENCY, since="2.8.13")
-def latency_help(s: Session, argv: list[bytes]) -> Any:
-    return _help("LATENCY", [
+def latencyhelp_reply(s: Session, argv: list[bytes]) -> Any:
+    return help_reply("LATENCY", [
         "DOCTOR",
         "    Return a human readable latency analysis report.",
         "GRAPH <event>",
@@ -303,7 +290,7 @@ def monitor(s: Session, argv: list[bytes]) -> Any:
 @command("pause", -3, "admin noscript loading stale", group=GROUP, summary="Hold clients' commands for a while", parent=CLIENT, since="3.0.0")
 def client_pause(s: Session, argv: list[bytes]) -> Any:
     if len(argv) > 4:
-        raise err(_wrong_subcommand(argv, "CLIENT"))
+        raise subcommand_error(argv)
     kind = PauseKind.ALL
     if len(argv) == 4:
         mode = argv[3].lower()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from dtm.commands.args import integer
-from dtm.commands.table import command, container
+from dtm.commands.table import command, container, help_reply, subcommand_error
 from dtm.errors import SYNTAX, err
 from dtm.resp import parse_int
 
@@ -81,7 +81,6 @@ def object_freq(s: Session, argv: list[bytes]) -> Any:
 
 
 OBJECT_HELP = [
-    "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "ENCODING <key>",
     "    Return the kind of internal representation used in order to store the value",
     "    associated with a <key>.",
@@ -94,14 +93,12 @@ OBJECT_HELP = [
     "REFCOUNT <key>",
     "    Return the number of references of the value associated with the specified",
     "    <key>.",
-    "HELP",
-    "    Prints this help.",
 ]
 
 
 @command("help", 2, "loading stale", group="generic", summary="OBJECT subcommands", parent=OBJECT, since="6.2.0")
 def object_help(s: Session, argv: list[bytes]) -> Any:
-    return [line.encode() for line in OBJECT_HELP]
+    return help_reply("OBJECT", OBJECT_HELP)
 
 
 # ------------------------------------------------------------------- MEMORY
@@ -192,7 +189,6 @@ def memory_purge(s: Session, argv: list[bytes]) -> Any:
 
 
 MEMORY_HELP = [
-    "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "DOCTOR",
     "    Return memory problems reports.",
     "MALLOC-STATS",
@@ -204,14 +200,12 @@ MEMORY_HELP = [
     "USAGE <key> [SAMPLES <count>]",
     "    Return memory in bytes used by <key> and its value. Nested values are",
     "    sampled up to <count> times (default: 5, 0 means sample all).",
-    "HELP",
-    "    Prints this help.",
 ]
 
 
 @command("help", 2, "loading stale", group=GROUP, summary="MEMORY subcommands", parent=MEMORY, since="4.0.0")
 def memory_help(s: Session, argv: list[bytes]) -> Any:
-    return [line.encode() for line in MEMORY_HELP]
+    return help_reply("MEMORY", MEMORY_HELP)
 
 
 # --------------------------------------------------------------------- ROLE
@@ -226,12 +220,9 @@ def role(s: Session, argv: list[bytes]) -> Any:
 
 _LEADING_FLOAT = re.compile(rb"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 DEBUG_HELP = [
-    "DEBUG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "SLEEP <seconds>",
     "    Stop the server for <seconds>. Decimals allowed.",
     "    (dtm: only the calling client waits; every other client is served.)",
-    "HELP",
-    "    Prints this help.",
 ]
 
 
@@ -249,13 +240,10 @@ def _seconds(raw: bytes) -> float:
 async def debug(s: Session, argv: list[bytes]) -> Any:
     sub = argv[1].lower()
     if sub == b"help" and len(argv) == 2:
-        return [line.encode() for line in DEBUG_HELP]
+        return help_reply("DEBUG", DEBUG_HELP)
     if sub == b"sleep" and len(argv) == 3:
         # Redis stops the whole server; here only this client waits (the event loop is
         # shared, so a blocking sleep would stall everyone).
         await trio.sleep(_seconds(argv[2]))
         return "OK"
-    raise err(
-        f"unknown subcommand or wrong number of arguments for "
-        f"'{argv[1][:128].decode('utf-8', 'replace')}'. Try DEBUG HELP."
-    )
+    raise subcommand_error(argv)

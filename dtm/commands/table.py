@@ -204,6 +204,22 @@ def unknown_command(argv: list[bytes]) -> CommandError:
     )
 
 
+def help_reply(name: str, lines: list[str]) -> list[bytes]:
+    """Redis's addReplyHelp: a header, the subcommands' lines, then HELP's own entry."""
+    return [f"{name} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:".encode()] + [
+        line.encode() for line in [*lines, "HELP", "    Prints this help."]
+    ]
+
+
+def subcommand_error(argv: list[bytes]) -> CommandError:
+    """Redis's addReplySubcommandSyntaxError: the subcommand as the client typed it (as
+    C's %.128s prints it), and the container to ask for HELP."""
+    return err(
+        f"unknown subcommand or wrong number of arguments for '{_shown(argv[1])}'. "
+        f"Try {_shown(argv[0]).upper()} HELP."
+    )
+
+
 def c_text(arg: bytes) -> str:
     """An argument as Redis's "%s" puts it in an error text: up to its first NUL byte."""
     return _c_string(arg).decode("utf-8", "replace")
