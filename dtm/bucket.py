@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -86,6 +86,14 @@ class Slot:
     @property
     def bucket(self) -> Bucket:
         return self.shard.bucket
+
+    @property
+    def db(self) -> int:
+        return self.shard.db
+
+    @property
+    def bucket_index(self) -> int:
+        return self.shard.bucket.index
 
     # ------------------------------------------------------------------ reads
 
@@ -363,3 +371,10 @@ class Bucket:
         expired = sum(shard.expire_due(now, budget) for shard in self.shards() if shard.expires)
         self.expired_keys += expired
         return expired
+
+
+if TYPE_CHECKING:
+    from dtm.buckets.protocol import LocalBucket, LocalKeys
+
+    def _provides_the_bucket_protocol(bucket: Bucket, slot: Slot) -> tuple[LocalBucket, LocalKeys]:
+        return bucket, slot  # mypy checks that the memory engine's classes conform

@@ -11,7 +11,18 @@ import structlog
 import trio
 
 from dtm import __version__
-from dtm.config import FIELDS, LOG_FORMATS, LOG_LEVELS, MODES, Config, build, coerce, load_toml
+from dtm.buckets.start import EngineError
+from dtm.config import (
+    ENGINES,
+    FIELDS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MODES,
+    Config,
+    build,
+    coerce,
+    load_toml,
+)
 from dtm.errors import ConfigError
 from dtm.log import configure
 from modes.datadir import DataDirError
@@ -31,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--buckets", type=int, help="number of buckets (default 8)")
     serve.add_argument("--dir", help="data directory (default ./dtm-data)")
+    serve.add_argument("--engine", choices=ENGINES, help="bucket storage: memory (default) or redis (a redis-server per bucket)")
+    serve.add_argument("--shards", help="redis engine: existing redis-servers HOST:PORT,… (one per bucket) instead of spawning them under --dir")
+    serve.add_argument("--lease-ms", dest="lease_ms", type=int, help="redis engine: how long a transaction's locks outlive a front that died (default 5000)")
     serve.add_argument("--mode", choices=MODES, help="durability mode (default none)")
     serve.add_argument("--fsync", choices=("always", "everysec"), help="binlog: sync before every reply (always, default) or once a second")
     serve.add_argument("--binlog-max-mb", dest="binlog_max_mb", type=int, help="binlog: compact past this size (default 64)")
@@ -102,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(config.log_level, config.log_format)
     try:
         trio.run(_serve_until_stopped, config)
-    except (DataDirError, OSError, BaseExceptionGroup) as exc:
+    except (DataDirError, EngineError, OSError, BaseExceptionGroup) as exc:
         message = startup_error(exc, config)
         if message is None:
             raise
@@ -121,7 +135,7 @@ def startup_error(exc: BaseException, config: Config) -> str | None:
     """One line for an error that stops the start-up (trio wraps what a nursery's
     body raises in an ExceptionGroup); None for anything else (a bug: traceback)."""
     for leaf in _leaves(exc):
-        if isinstance(leaf, DataDirError):
+        if isinstance(leaf, (DataDirError, EngineError)):
             return str(leaf)
         if isinstance(leaf, OSError):
             reason = leaf.strerror or str(leaf)

@@ -18,6 +18,7 @@ from dtm.errors import ConfigError
 from dtm.fdlimit import fit_maxclients
 
 MODES = ("none", "binlog", "checkpoint")
+ENGINES = ("memory", "redis")
 FSYNC_POLICIES = ("always", "everysec")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
@@ -60,6 +61,11 @@ class Config:
     port: int = attrs.field(default=6378, validator=_positive("port", 0, 65535))
     bind: str = attrs.field(default="127.0.0.1", validator=_string("bind"))
     buckets: int = attrs.field(default=8, validator=_positive("buckets", 1, 16384))
+    # memory: buckets in this process; redis: a redis-server per bucket (spawned under
+    # dir, or the servers listed in shards), shared by every front given the same list.
+    engine: str = attrs.field(default="memory", validator=_choice("engine", ENGINES))
+    shards: str = attrs.field(default="", validator=_string("shards"))
+    lease_ms: int = attrs.field(default=5000, validator=_positive("lease-ms", 10, 3_600_000))
     dir: str = attrs.field(default="./dtm-data", validator=_string("dir"))
     mode: str = attrs.field(default="none", validator=_choice("mode", MODES))
     fsync: str = attrs.field(default="always", validator=_choice("fsync", FSYNC_POLICIES))

@@ -23,24 +23,27 @@ KEYS, …) inside a transaction take the keyspace exclusively.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
 import trio
 
-from dtm.bucket import Slot, WatchState
+from dtm.bucket import WatchState
 from dtm.errors import CommandError
 from dtm.resp import NULL_ARRAY
 from dtm.store import Undo
 
 if TYPE_CHECKING:
+    from dtm.buckets.protocol import LocalKeys
     from dtm.durability import CommitRecord, DurabilityMode
 
 log = structlog.get_logger("dtm.monitor")
 
-Target = tuple[Slot, bytes]
+# A key and the slot of the memory bucket that holds it: the monitor sees buckets only
+# through the bucket protocol's LocalKeys (dtm/buckets/protocol.py).
+Target = tuple["LocalKeys", bytes]
 
 
 @attrs.define
@@ -140,7 +143,7 @@ class Monitor:
 
     async def transact(
         self,
-        targets: list[Target],
+        targets: Sequence[Target],
         apply: Callable[[], Any],
         *,
         record: Callable[[int], CommitRecord] | None = None,
@@ -155,7 +158,7 @@ class Monitor:
         while self._hold_released is not None:
             await self._hold_released.wait()
         cross = whole_keyspace or (
-            len(targets) > 1 and len({slot.shard.bucket for slot, _ in targets}) > 1
+            len(targets) > 1 and len({slot.bucket_index for slot, _ in targets}) > 1
         )
         needs_decision = record is not None and self.mode.waits_for_commit
         if not cross and not needs_decision:
@@ -234,7 +237,7 @@ class Monitor:
         log.debug("transaction aborted", txid=txid, reason="watched key changed")
         return NULL_ARRAY
 
-    async def _acquire(self, shard: Slot, key: bytes, txid: int) -> None:
+    async def _acquire(self, shard: LocalKeys, key: bytes, txid: int) -> None:
         while True:
             if self.exclusive is not None:
                 self.stats.lock_waits += 1
@@ -247,7 +250,7 @@ class Monitor:
             await lock.wait()
         self._lock(shard, key, txid)
 
-    def _lock(self, shard: Slot, key: bytes, txid: int) -> None:
+    def _lock(self, shard: LocalKeys, key: bytes, txid: int) -> None:
         shard.lock(key, KeyLock(txid))
         if self.locked == 0:
             self._idle = trio.Event()
@@ -283,8 +286,8 @@ def _applied(logged: CommitRecord, result: Any) -> CommitRecord | None:
     return logged
 
 
-def _lock_order(targets: list[Target]) -> list[Target]:
+def _lock_order(targets: Sequence[Target]) -> Sequence[Target]:
     if len(targets) == 1:
         return targets
     unique = set(targets)
-    return sorted(unique, key=lambda t: (t[0].number, t[0].shard.db, t[1]))
+    return sorted(unique, key=lambda t: (t[0].number, t[0].db, t[1]))

@@ -514,6 +514,18 @@ class Verbatim:
     format: bytes = b"txt"
 
 
+class Raw:
+    """A reply already encoded (relayed as a shard wrote it)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Raw({self.data[:60]!r})"
+
+
 @attrs.frozen
 class Push:
     """An out-of-band RESP3 push (``>``); a plain array in RESP2."""
@@ -550,6 +562,8 @@ def encode(reply: Any, proto: int = 2) -> bytes:
 
 
 def _encode_rare(reply: Any, proto: int) -> bytes:
+    if reply.__class__ is Raw:
+        return reply.data
     if isinstance(reply, (bytearray, memoryview)):  # a value edited in place (APPEND, SETRANGE)
         return b"$%d\r\n%b\r\n" % (len(reply), reply)  # type: ignore[str-format]
     if isinstance(reply, CommandError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import socket
 import time
+from pathlib import Path
 
 import attrs
 import structlog
@@ -22,6 +23,9 @@ import trio
 
 import dtm.commands  # noqa: F401  (registers every command)
 from dtm import netio
+from dtm.buckets.protocol import LocalBucket
+from dtm.buckets.redis import RedisEngine
+from dtm.buckets.start import open_redis_engine, refuse_mixed_cuts, refuse_redis_engine_files
 from dtm.config import Config
 from dtm.durability import DurabilityMode, FinalSaveFailed
 from dtm.fdlimit import fit_maxclients
@@ -29,9 +33,11 @@ from dtm.keyspace import Keyspace
 from dtm.monitor import Monitor, MonitorStats
 from dtm.observe import Observer
 from dtm.pause import Pause
+from dtm.relay import RelaySession
 from dtm.session import Session
 from modes import create_mode
 from modes.base import ShutdownRefusal
+from modes.shards import ShardMode
 
 log = structlog.get_logger("dtm.server")
 
@@ -51,6 +57,10 @@ class Server:
     def __init__(self, config: Config, mode: DurabilityMode | None = None) -> None:
         self.config = config
         self.keyspace = Keyspace(config.buckets, config.databases)
+        self.engine: RedisEngine | None = None  # the redis engine's, once serve() opens it
+        self.session_class: type[Session] = Session
+        if mode is None and config.engine == "redis":
+            mode = ShardMode(config.mode, config.checkpoint_interval)
         self.mode = mode if mode is not None else create_mode(config)
         self.monitor = Monitor(self.mode)
         # True when writes must wait for the mode before replying (binlog).
@@ -72,6 +82,18 @@ class Server:
     async def serve(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover, listen and serve until shutdown is requested; task_status gets the
         server once it accepts connections (tests ``await nursery.start(server.serve)``)."""
+        if self.config.engine == "redis":
+            async with open_redis_engine(self.config) as engine:
+                self.engine = engine
+                self.session_class = RelaySession
+                if self.config.mode != "binlog":
+                    await refuse_mixed_cuts(engine)
+                await self._serve(task_status)
+        else:
+            refuse_redis_engine_files(Path(self.config.dir))
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[Server]) -> None:
         self._fit_maxclients()
         self.mode.recover(self)
         # A failure to listen propagates: `dtm serve` reports it in one line.
@@ -81,16 +103,18 @@ class Server:
             await nursery.start(self.mode.run, self)
             await nursery.start(self.outbox.run)
             await nursery.start(self.observe.run, lambda: self.stats.commands)
-            for bucket in self.keyspace.buckets:
-                nursery.start_soon(self._expire_loop, bucket)
+            if self.engine is None:
+                for bucket in self.keyspace.buckets:
+                    nursery.start_soon(self._expire_loop, bucket)
             nursery.start_soon(self._idle_sweeper)
             async with trio.open_nursery() as clients:
+                self.client_nursery = clients
                 for listener in self._listeners:
                     clients.start_soon(self._accept_loop, listener, clients)
                 log.info(
                     "ready to accept connections",
                     bind=self.config.bind, port=self.port, buckets=len(self.keyspace.buckets),
-                    mode=self.mode.name,
+                    mode=self.mode.name, engine=self.config.engine,
                 )
                 task_status.started(self)
                 await self._shutdown.wait()
@@ -197,7 +221,7 @@ class Server:
         try:
             netio.set_keepalive(sock, self.config.tcp_keepalive)
             conn = netio.Connection(sock, self.outbox)
-            session = Session(self, conn, self._next_client_id)
+            session = self.session_class(self, conn, self._next_client_id)
         except OSError as exc:  # reset before we got to it
             log.debug("client gone before it was served", error=exc.strerror)
             sock.close()
@@ -209,10 +233,7 @@ class Server:
     def forget(self, session: Session) -> None:
         self.clients.pop(session.id, None)
 
-    async def _expire_loop(self, bucket: object) -> None:
-        from dtm.bucket import Bucket
-
-        assert isinstance(bucket, Bucket)
+    async def _expire_loop(self, bucket: LocalBucket) -> None:
         while True:
             await trio.sleep(EXPIRY_PERIOD)
             # Keep going while a cycle used its whole budget: many keys are due.

@@ -24,6 +24,8 @@ from dtm.netio import Connection
 from dtm.resp import Limits, encode, make_parser
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dtm.config import Config
     from dtm.keyspace import Keyspace
     from dtm.server import Server
@@ -149,14 +151,7 @@ class Session:
         append = replies.append
         began = time.perf_counter()
         while not self.close_after_reply:
-            try:
-                batch = self.parser.take(BATCH_SLICE)
-            except ProtocolError as exc:
-                append(encode(CommandError(exc.reply_text), self.proto))
-                server.observe.error(exc.reply_text)
-                self.log.info("protocol error", error=exc.detail)
-                self.close_after_reply = True
-                break
+            batch = self._take_batch(append)
             if not batch:
                 break
             server.stats.commands += len(batch)
@@ -229,6 +224,18 @@ class Session:
                 began = time.perf_counter()
                 durable = server.durable  # a shutdown may have begun holding writes
         return b"".join(replies)
+
+    def _take_batch(self, append: Callable[[bytes], None]) -> list[list[bytes]]:
+        """The read's next BATCH_SLICE complete commands; none after a protocol error,
+        whose reply is appended and whose client is to be closed."""
+        try:
+            return self.parser.take(BATCH_SLICE)
+        except ProtocolError as exc:
+            append(encode(CommandError(exc.reply_text), self.proto))
+            self.server.observe.error(exc.reply_text)
+            self.log.info("protocol error", error=exc.detail)
+            self.close_after_reply = True
+            return []
 
     def _account(self, batch: list[list[bytes]], low: int, high: int, elapsed: int) -> None:
         """Credit elapsed (ns) to batch[low:high], a run of commands on the fast path.

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from dtm.errors import err
 from dtm.durability import CommitRecord
+from dtm.errors import err
 from modes.base import SnapshottingMode, misconf
 from modes.datadir import DataDirError
 from modes.record import MAGIC, RecordTooLarge, encode_record

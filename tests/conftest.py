@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,25 @@ def dtm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DtmProcess]
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def dtm_redis() -> Iterator[DtmProcess]:
+    """A front on the redis engine spawning 8 shards. Its --dir is short and directly
+    under /tmp: the shards listen on unix sockets there, whose paths must fit 107 bytes."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server must be installed in CI")
+        pytest.skip("redis-server not installed")
+    tmp = Path(tempfile.mkdtemp(prefix="dtm-re-"))
+    try:
+        server = DtmProcess("--engine", "redis", "--buckets", "8", tmp=tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    yield server
+    server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _flushed_client(server: DtmProcess, protocol: int) -> Iterator[redis.Redis]:
     client = server.client(protocol=protocol)
     client.flushall()
@@ -56,6 +76,12 @@ def _flushed_client(server: DtmProcess, protocol: int) -> Iterator[redis.Redis]:
 def r(dtm_server: DtmProcess) -> Iterator[redis.Redis]:
     """redis-py speaking RESP2 to a flushed dtm."""
     yield from _flushed_client(dtm_server, 2)
+
+
+@pytest.fixture
+def rr(dtm_redis: DtmProcess) -> Iterator[redis.Redis]:
+    """redis-py speaking RESP2 to a flushed dtm on the redis engine."""
+    yield from _flushed_client(dtm_redis, 2)
 
 
 @pytest.fixture

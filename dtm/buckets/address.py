@@ -9,6 +9,8 @@ import attrs
 import hiredis
 import trio
 
+from dtm.buckets.frames import ReplyFramer
+
 Arg = bytes | str | int | float
 READ_SIZE = 65536
 # hiredis's "no whole reply buffered yet" (False would be ambiguous under RESP3).
@@ -63,12 +65,33 @@ class ShardAddress:
             return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
-    async def connect(self, timeout: float) -> trio.SocketStream:
+    async def connect(self, timeout: float, *, resp3: bool = False) -> trio.SocketStream:
+        """A new connection (switched to RESP3 with HELLO 3 if resp3)."""
         try:
             with trio.fail_after(timeout):
                 if self.path:
-                    return await trio.open_unix_socket(self.path)
-                return await trio.open_tcp_stream(self.host, self.port)
+                    stream = await trio.open_unix_socket(self.path)
+                else:
+                    stream = await trio.open_tcp_stream(self.host, self.port)
         except (OSError, trio.TooSlowError) as exc:
             raise ShardUnavailable(f"cannot connect to shard {self}: {reason(exc)}") from exc
+        if resp3:
+            try:
+                await hello3(stream, str(self))
+            except BaseException:
+                stream.socket.close()
+                raise
+        return stream
 
+
+async def hello3(stream: trio.SocketStream, shard: str) -> None:
+    """Switch a fresh connection to RESP3, before anything else is sent on it."""
+    await stream.send_all(pack(("HELLO", "3")))
+    framer = ReplyFramer()
+    while (frame := framer.next()) is None:
+        data = await stream.receive_some(READ_SIZE)
+        if not data:
+            raise ShardUnavailable(f"shard {shard} closed the connection at HELLO 3")
+        framer.feed(data)
+    if frame.startswith(b"-"):
+        raise ShardUnavailable(f"shard {shard} refused RESP3: {frame[1:-2].decode()}")

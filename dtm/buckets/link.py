@@ -36,7 +36,6 @@ import structlog
 import trio
 
 from dtm.buckets.address import (
-    INCOMPLETE,
     READ_SIZE,
     Arg,
     ShardAddress,
@@ -46,7 +45,9 @@ from dtm.buckets.address import (
     pack,
     reason,
 )
+from dtm.buckets.frames import FramingError, ReplyFramer
 from dtm.buckets.pool import DedicatedConnection, ShardPool
+from dtm.resp import Raw
 
 log = structlog.get_logger("dtm.shard")
 
@@ -56,6 +57,8 @@ class _Call:
     request: bytes
     expected: int  # replies it waits for: 1 for call(), the command count for pipeline()
     task: trio.lowlevel.Task | None  # None once nobody waits (cancelled, or answered)
+    raw: bool = False  # replies as the shard's bytes (a Raw), not parsed
+    single: bool = False  # call(): the reply itself, not a list of one
     replies: list[Any] = attrs.field(factory=list)
 
     def abort(self, _: Any) -> trio.lowlevel.Abort:
@@ -77,6 +80,7 @@ class ShardLink:
     address: ShardAddress
     connect_timeout: float = 5.0
     max_idle: int = 4  # dedicated connections kept for reuse
+    resp3: bool = False  # speak RESP3 (HELLO 3 on every connection): replies as RESP3 clients get them
     writes: int = attrs.field(default=0, init=False)  # socket writes: one per round
     connects: int = attrs.field(default=0, init=False)
     pool: ShardPool = attrs.field(init=False)
@@ -88,7 +92,7 @@ class ShardLink:
     _running: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.pool = ShardPool(self.address, self.connect_timeout, self.max_idle)
+        self.pool = ShardPool(self.address, self.connect_timeout, self.max_idle, resp3=self.resp3)
 
     @property
     def connected(self) -> bool:
@@ -97,7 +101,7 @@ class ShardLink:
     async def call(self, *args: Arg) -> Any:
         """One command's reply; an error reply raises ShardError (errors nested in an
         array, as in EXEC's, stay values)."""
-        call = self._submit(pack(args), 1)
+        call = self._submit(pack(args), 1, single=True)
         return await trio.lowlevel.wait_task_rescheduled(call.abort)
 
     async def pipeline(self, commands: Iterable[Sequence[Arg]]) -> list[Any]:
@@ -110,14 +114,26 @@ class ShardLink:
         call = self._submit(b"".join(packed), len(packed))
         return await trio.lowlevel.wait_task_rescheduled(call.abort)
 
+    async def call_raw(self, *args: Arg) -> Raw:
+        """One command's reply as the bytes the shard wrote (errors included)."""
+        call = self._submit(pack(args), 1, raw=True, single=True)
+        return await trio.lowlevel.wait_task_rescheduled(call.abort)
+
+    async def pipeline_raw(self, commands: Iterable[Sequence[Arg]]) -> list[Raw]:
+        """Several commands sent together; their replies as the shard's bytes."""
+        packed = [pack(command) for command in commands]
+        call = self._submit(b"".join(packed), len(packed), raw=True)
+        return await trio.lowlevel.wait_task_rescheduled(call.abort)
+
     def dedicated(self) -> AbstractAsyncContextManager[DedicatedConnection]:
         """``async with link.dedicated() as conn``: a connection for this task alone."""
         return self.pool.connection()
 
-    def _submit(self, request: bytes, expected: int) -> _Call:
+    def _submit(self, request: bytes, expected: int, raw: bool = False,
+                single: bool = False) -> _Call:
         if not self._running:
             raise ShardUnavailable(f"the link to shard {self.address} is not running")
-        call = _Call(request, expected, trio.lowlevel.current_task())
+        call = _Call(request, expected, trio.lowlevel.current_task(), raw, single)
         self._unsent.append(call)
         (self._work if self._stream is not None else self._demand).set()
         return call
@@ -153,7 +169,7 @@ class ShardLink:
             self.pool.close_idle()
 
     async def _connect(self) -> None:
-        self._stream = await self.address.connect(self.connect_timeout)
+        self._stream = await self.address.connect(self.connect_timeout, resp3=self.resp3)
         self.connects += 1
         self._work = trio.Event()  # a stale wake-up would send a round early, split in two
         if self._unsent:
@@ -167,7 +183,7 @@ class ShardLink:
             try:
                 lost.append(await job())
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                    hiredis.ProtocolError) as exc:
+                    hiredis.ProtocolError, FramingError) as exc:
                 lost.append(reason(exc))
             cancel_scope.cancel()
 
@@ -200,19 +216,25 @@ class ShardLink:
                                   else b"".join([call.request for call in live]))
 
     async def _read(self, stream: trio.SocketStream) -> str:
-        reader = new_reader()
+        framer = ReplyFramer()
+        parser = new_reader()
         sent = self._sent
         reschedule = trio.lowlevel.reschedule
         while True:
             data = await stream.receive_some(READ_SIZE)
             if not data:
                 return "the shard closed the connection"
-            reader.feed(data)
-            while (reply := reader.gets()) is not INCOMPLETE:
+            framer.feed(data)
+            while (frame := framer.next()) is not None:
                 if not sent:
                     return "a reply nobody asked for"
                 call = sent[0]
-                if call.expected == 1:
+                if call.raw:
+                    reply: Any = Raw(frame)
+                else:
+                    parser.feed(frame)
+                    reply = parser.gets()
+                if call.single:
                     sent.popleft()
                     if call.task is not None:
                         result = (outcome.Error(reply) if isinstance(reply, ShardError)

@@ -10,7 +10,7 @@ MULTI, WATCHes, subscriptions, SELECT, CLIENT REPLY state) and kept for the next
 from __future__ import annotations
 
 import select
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -29,6 +29,8 @@ from dtm.buckets.address import (
     pack,
     reason,
 )
+from dtm.buckets.frames import ReplyFramer
+from dtm.resp import Raw
 
 
 @attrs.define(eq=False)
@@ -42,6 +44,7 @@ class DedicatedConnection:
     unread: int = 0  # requests sent whose replies were not read yet
     broken: bool = False  # an operation was interrupted: the stream may be out of step
     _reader: hiredis.Reader = attrs.field(factory=new_reader, init=False)
+    _framer: ReplyFramer = attrs.field(factory=ReplyFramer, init=False)
 
     async def send(self, *args: Arg) -> None:
         await self._send(pack(args), 1)
@@ -52,18 +55,35 @@ class DedicatedConnection:
 
     async def reply(self) -> Any:
         """The next reply or message; an error reply is returned as a ShardError value."""
+        reader = self._reader
+        return await self._next(reader.gets, reader.feed, INCOMPLETE)
+
+    async def reply_raw(self) -> Raw:
+        """The next reply or message as the shard wrote it. A connection is read raw or
+        parsed, never both (each keeps its own buffer)."""
+        framer = self._framer
+        return Raw(await self._next(framer.next, framer.feed, None))
+
+    async def _next(self, take: Callable[[], Any], feed: Callable[[bytes], Any],
+                    incomplete: Any) -> Any:
         self._begin()
-        while (reply := self._reader.gets()) is INCOMPLETE:
+        while (item := take()) is incomplete:
             try:
                 data = await self.stream.receive_some(READ_SIZE)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise self._lost(reason(exc)) from exc
             if not data:
                 raise self._lost("the shard closed the connection")
-            self._reader.feed(data)
+            feed(data)
         self.unread = max(0, self.unread - 1)
         self.broken = False
-        return reply
+        return item
+
+    async def pipeline_raw(self, commands: Iterable[Sequence[Arg]]) -> list[Raw]:
+        """Send several commands at once; their replies as the shard wrote them."""
+        packed = [pack(command) for command in commands]
+        await self._send(b"".join(packed), len(packed))
+        return [await self.reply_raw() for _ in packed]
 
     async def call(self, *args: Arg) -> Any:
         """Send one command and return its reply; an error reply raises ShardError."""
@@ -126,6 +146,7 @@ class ShardPool:
     connect_timeout: float = 5.0
     max_idle: int = 4
     reset_timeout: float = 2.0
+    resp3: bool = False  # connections handed out speak RESP3
     opened: int = attrs.field(default=0, init=False)
     _idle: list[DedicatedConnection] = attrs.field(factory=list, init=False)
 
@@ -140,15 +161,15 @@ class ShardPool:
                 await trio.lowlevel.checkpoint()
                 return conn
             conn.close()
-        stream = await self.address.connect(self.connect_timeout)
+        stream = await self.address.connect(self.connect_timeout, resp3=self.resp3)
         self.opened += 1
         return DedicatedConnection(self.address, stream)
 
     async def release(self, conn: DedicatedConnection) -> None:
         """RESET and keep the connection, or close it if it is broken, its RESET fails or
         the pool is full. Runs even when the caller is being cancelled."""
-        if conn.broken or len(self._idle) >= self.max_idle:
-            conn.close()
+        if conn.broken or len(self._idle) >= self.max_idle or self.resp3:
+            conn.close()  # (RESET would turn a RESP3 connection back to RESP2)
             return
         reset = False
         with trio.move_on_after(self.reset_timeout, shield=True):

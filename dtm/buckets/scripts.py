@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any, Final, Literal
 
 import attrs
+import trio
 
 from dtm.buckets.address import Arg, ShardError
 from dtm.buckets.link import ShardLink
@@ -44,11 +45,14 @@ SCRATCH_DB: Final = 17  # keys brought in from other shards; not used by these s
 DATABASES_NEEDED: Final = 18
 DECISION_TTL: Final = 86400  # seconds a decision outlives its transaction, for resolvers
 UNLOCKED_CHANNEL: Final = "dtm:unlocked"
+BARRIER_KEY: Final = "dtm:barrier"  # in META_DB: a checkpoint holds commit decisions back
+CUT_KEY: Final = "dtm:cut"  # in META_DB: the checkpoint this shard's data belongs to
 # Lua's unpack() refuses about 8000 values; keep a margin for what else is on the stack.
 MAX_ARGS: Final = 7500
 
 COMMIT: Final = "commit"
 ABORT: Final = "abort"
+BARRIER: Final = "barrier"
 Outcome = Literal["commit", "abort"]
 
 # txids travel inside error replies and key names: printable ASCII, no spaces.
@@ -75,30 +79,55 @@ local function now_ms()
 end
 """
 
+# The DTMLOCKED error text for the first of keys (in database db) that a transaction
+# has locked, or nil; run with database 16 selected.
+_FIRST_LOCK = """
+local function first_lock(db, keys)
+  if #keys == 0 then return nil end
+  local prefix = 'dtm:lock:' .. db .. ':'
+  local names = {}
+  for i, key in ipairs(keys) do names[i] = prefix .. key end
+  if redis.call('EXISTS', unpack(names)) == 0 then return nil end
+  for _, name in ipairs(names) do
+    local lock = redis.call('HMGET', name, 'tx', 'until')
+    if lock[1] then
+      return 'DTMLOCKED ' .. lock[2] .. ' ' .. string.format('%d', now_ms()) .. ' ' .. lock[1]
+    end
+  end
+  return nil
+end
+"""
+
 # guard: KEYS = the command's keys (all in database ARGV[1]); ARGV = db, command, arg...
 # If none of the keys is locked, runs the command in db and returns its reply; an error
 # reply is returned as it is (pcall), so the caller sees Redis's own text. If one is
 # locked, changes nothing and returns the error "DTMLOCKED <until> <now> <txid>": an error
 # because no command's reply can be one Redis did not write itself (EVAL and FCALL are
 # refused inside scripts), so the marker cannot be confused with user data.
-GUARD_SOURCE: Final = _NOW + """
-if #KEYS > 0 then
-  redis.call('SELECT', 16)
-  local prefix = 'dtm:lock:' .. ARGV[1] .. ':'
-  local names = {}
-  for i, key in ipairs(KEYS) do names[i] = prefix .. key end
-  if redis.call('EXISTS', unpack(names)) > 0 then
-    for _, name in ipairs(names) do
-      local lock = redis.call('HMGET', name, 'tx', 'until')
-      if lock[1] then
-        return redis.error_reply('DTMLOCKED ' .. lock[2] .. ' ' ..
-                                 string.format('%d', now_ms()) .. ' ' .. lock[1])
-      end
-    end
-  end
-end
+GUARD_SOURCE: Final = _NOW + _FIRST_LOCK + """
+redis.call('SELECT', 16)
+local locked = first_lock(ARGV[1], KEYS)
+if locked then return redis.error_reply(locked) end
 redis.call('SELECT', ARGV[1])
 return redis.pcall(unpack(ARGV, 2))
+"""
+
+# guard_batch: the guard for one of several commands a front pipelines to this shard
+# for one client: ARGV = batch token, db, command, arg... Once one of them meets a lock
+# it marks the batch halted (a key with the token, for HALT_MS), and the batch's later
+# commands then change nothing and return "DTMHALTED": the front runs them again in order
+# after the lock, so a client's commands never take effect out of order.
+GUARD_BATCH_SOURCE: Final = _NOW + _FIRST_LOCK + """
+redis.call('SELECT', 16)
+local halt = 'dtm:halt:' .. ARGV[1]
+if redis.call('EXISTS', halt) == 1 then return redis.error_reply('DTMHALTED') end
+local locked = first_lock(ARGV[2], KEYS)
+if locked then
+  redis.call('SET', halt, '1', 'PX', 10000)
+  return redis.error_reply(locked)
+end
+redis.call('SELECT', ARGV[2])
+return redis.pcall(unpack(ARGV, 3))
 """
 
 # prepare: ARGV = txid, lease_ms, primary ("1"/"0"), n, then n pairs (db, key) to lock,
@@ -152,9 +181,16 @@ return {'PREPARED', deadline}
 """
 
 # decide: ARGV = txid, outcome, ttl seconds. First writer wins (SET NX); returns the
-# outcome that stands, so a roll-back racing a commit settles on exactly one.
+# outcome that stands, so a roll-back racing a commit settles on exactly one. While a
+# checkpoint's barrier is up (BARRIER_KEY), a commit is not decided: it returns "barrier"
+# and the front asks again (an abort is always written: it changes nothing).
 DECIDE_SOURCE: Final = """
 redis.call('SELECT', 16)
+if ARGV[2] == 'commit' and redis.call('EXISTS', 'dtm:barrier') == 1 then
+  local standing = redis.call('GET', 'dtm:decision:' .. ARGV[1])
+  if standing then return standing end
+  return 'barrier'
+end
 local before = redis.call('SET', 'dtm:decision:' .. ARGV[1], ARGV[2], 'NX', 'GET', 'EX', ARGV[3])
 if before then return before end
 return ARGV[2]
@@ -207,11 +243,17 @@ class Script:
 
 
 GUARD: Final = Script(GUARD_SOURCE)
+GUARD_BATCH: Final = Script(GUARD_BATCH_SOURCE)
+# For RESP3 clients, over a RESP3 connection: the command's reply keeps its RESP3 types
+# (maps, sets, doubles, nulls) through Lua.
+_RESP3: Final = "redis.setresp(3)\n"
+GUARD3: Final = Script(_RESP3 + GUARD_SOURCE)
+GUARD_BATCH3: Final = Script(_RESP3 + GUARD_BATCH_SOURCE)
 PREPARE: Final = Script(PREPARE_SOURCE)
 DECIDE: Final = Script(DECIDE_SOURCE)
 COMMIT_SCRIPT: Final = Script(COMMIT_SOURCE)
 ABORT_SCRIPT: Final = Script(ABORT_SOURCE)
-ALL_SCRIPTS: Final = (GUARD, PREPARE, DECIDE, COMMIT_SCRIPT, ABORT_SCRIPT)
+ALL_SCRIPTS: Final = (GUARD, GUARD_BATCH, GUARD3, GUARD_BATCH3, PREPARE, DECIDE, COMMIT_SCRIPT, ABORT_SCRIPT)
 
 
 class ShardMisconfigured(Exception):
@@ -342,12 +384,22 @@ class ShardScripts:
         return Decided(COMMIT if outcome == COMMIT else ABORT)
 
     async def decide(self, txid: str, outcome: Outcome, ttl: int = DECISION_TTL) -> Outcome:
-        """Write ``outcome`` for ``txid`` unless one was written first; the one that stands."""
+        """Write ``outcome`` for ``txid`` unless one was written first; the one that
+        stands. A commit waits while a checkpoint's barrier is up."""
         _check_txid(txid)
         if outcome not in (COMMIT, ABORT):
             raise ValueError(f"an outcome is {COMMIT!r} or {ABORT!r}, not {outcome!r}")
-        standing = _text(await self._run(DECIDE, (), (txid, outcome, ttl)))
+        pause = 0.0005
+        while (standing := _text(await self._run(DECIDE, (), (txid, outcome, ttl)))) == BARRIER:
+            await trio.sleep(pause)
+            pause = min(pause * 2, 0.01)
         return COMMIT if standing == COMMIT else ABORT
+
+    async def forget(self, txid: str) -> None:
+        """Drop txid's decision once every shard has applied it."""
+        _check_txid(txid)
+        await self.link.pipeline([("SELECT", META_DB), ("DEL", f"dtm:decision:{txid}"),
+                                  ("SELECT", 0)])
 
     async def commit(self, txid: str) -> list[Any] | None:
         """Apply and release ``txid`` here: the replies of its commands (errors as

@@ -78,6 +78,8 @@ class ShardSet:
     start_timeout: float = 30.0
     stop_grace: float = 5.0
     on_exit: Callable[[Shard], None] | None = None
+    # The RDB file every shard loads at start and a checkpoint writes (one name per cut).
+    dbfilename: str = "dump.rdb"
     _nursery: trio.Nursery | None = None
     _stopping: bool = False
 
@@ -100,6 +102,19 @@ class ShardSet:
             raise SpawnError(f"shard {index} is still running (pid {shard.process.pid})")
         await self._start(shard)
 
+    async def restart_all(self) -> None:
+        """Stop every shard and start them all again on their files (a shard without
+        persistence that died must not rejoin the others at another cut)."""
+        self._stopping = True  # their supervisors see these exits as planned
+        try:
+            async with trio.open_nursery() as nursery:
+                for shard in self.shards:
+                    nursery.start_soon(self._stop, shard)
+        finally:
+            self._stopping = False
+        for shard in self.shards:
+            await self._start(shard)
+
     def config(self, shard: Shard) -> str:
         lines = [
             "# Written by dtm at every start of this shard: edits here are lost.",
@@ -113,6 +128,9 @@ class ShardSet:
             f"databases {DATABASES_NEEDED}",
             f"appendonly {'yes' if self.appendonly else 'no'}",
             f"appendfsync {self.appendfsync}",
+            f"dbfilename {_quote(self.dbfilename)}",
+            # A checkpoint names each cut's file (CONFIG SET dbfilename, protected in 7.0).
+            "enable-protected-configs local",
         ]
         if shard.address.path:
             lines += ["port 0", f"unixsocket {_quote(shard.address.path)}", "unixsocketperm 700"]
@@ -209,6 +227,7 @@ class ShardSet:
 @asynccontextmanager
 async def spawn_shards(
     directory: str | os.PathLike[str], count: int, *, appendonly: bool = False,
+    dbfilename: str = "dump.rdb",
     appendfsync: str = "everysec", save_on_stop: bool = False, tcp: bool = False,
     binary: str | None = None, start_timeout: float = 30.0, stop_grace: float = 5.0,
     on_exit: Callable[[Shard], None] | None = None,
@@ -224,7 +243,7 @@ async def spawn_shards(
     folders = [root / f"shard-{i}" for i in range(count)]
     shards = [Shard(i, folder, _address(folder, tcp)) for i, folder in enumerate(folders)]
     shard_set = ShardSet(binary, shards, appendonly, appendfsync, save_on_stop, start_timeout,
-                         stop_grace, on_exit)
+                         stop_grace, on_exit, dbfilename)
     try:
         async with trio.open_nursery() as nursery:
             shard_set._nursery = nursery

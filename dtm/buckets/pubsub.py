@@ -1,0 +1,113 @@
+"""Publish/subscribe on the redis engine: every front relays its subscribers through the
+first shard, so a message published through any front reaches subscribers of all.
+
+A subscribing client gets its own connection to that shard; its subscribe-family
+commands and PINGs go there as they are, and a forwarder task relays everything the
+shard sends (confirmations and messages) to the client byte for byte. The front counts
+the subscriptions from the confirmations, so it knows when the client has left the
+subscribed state: only then do its other commands run again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+import trio
+
+from dtm.buckets.address import ShardUnavailable, new_reader, pack
+from dtm.buckets.pool import DedicatedConnection
+from dtm.errors import err
+from dtm.resp import NO_REPLY
+
+if TYPE_CHECKING:
+    from dtm.buckets.shard import RedisBucket
+    from dtm.session import Session
+
+log = structlog.get_logger("dtm.pubsub")
+
+ALLOWED: Final = frozenset({"subscribe", "psubscribe", "ssubscribe", "unsubscribe",
+                            "punsubscribe", "sunsubscribe", "ping", "quit", "reset"})
+_KIND_OF: Final = {"unsubscribe": b"channel", "punsubscribe": b"pattern",
+                   "sunsubscribe": b"shard"}
+_MESSAGES: Final = frozenset({b"message", b"pmessage", b"smessage"})
+_ADDS: Final = {b"subscribe": b"channel", b"psubscribe": b"pattern", b"ssubscribe": b"shard"}
+_REMOVES: Final = {b"unsubscribe": b"channel", b"punsubscribe": b"pattern",
+                   b"sunsubscribe": b"shard"}
+
+
+class PubSubRelay:
+    def __init__(self, shard: RedisBucket) -> None:
+        self.shard = shard
+        self.conn: DedicatedConnection | None = None
+        self.active = False
+        self.subscribed: dict[bytes, set[bytes]] = {b"channel": set(), b"pattern": set(),
+                                                    b"shard": set()}
+        self._relayed = 0  # replies (not messages) relayed so far
+        self._progress = trio.Event()
+        self._cancel = trio.CancelScope()
+
+    async def command(self, session: Session, name: str, argv: list[bytes]) -> Any:
+        if name not in ALLOWED:
+            raise err(f"Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
+                      "PING / QUIT / RESET are allowed in this context")
+        if name == "quit" or name == "reset":
+            self.close()
+            return await session.execute(argv)
+        if self.conn is None:
+            self.conn = await self.shard.connection(session.proto)
+            session.server.client_nursery.start_soon(self._forward, session)
+        if name in _KIND_OF:
+            expected = len(argv) - 1 or max(1, len(self.subscribed[_KIND_OF[name]]))
+        elif name == "ping":
+            expected = 1
+        else:
+            expected = len(argv) - 1
+        self.active = True
+        target = self._relayed + expected
+        # The forwarder task is inside reply_raw() meanwhile, which marks the connection
+        # busy: the request goes to the stream itself (one sender, one receiver).
+        try:
+            await self.conn.stream.send_all(pack(argv))
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ShardUnavailable(f"lost the connection to shard {self.conn.address}") from exc
+        while self._relayed < target and self.conn is not None:
+            await self._progress.wait()
+        return NO_REPLY
+
+    async def _forward(self, session: Session) -> None:
+        reader = new_reader()
+        conn = self.conn
+        assert conn is not None
+        with self._cancel:
+            try:
+                while True:
+                    frame = await conn.reply_raw()
+                    await session.conn.send(frame.data)
+                    reader.feed(frame.data)
+                    reply = reader.gets()
+                    if isinstance(reply, list) and reply and reply[0] in _MESSAGES:
+                        continue
+                    if isinstance(reply, list) and len(reply) == 3:
+                        kind, channel, count = reply
+                        if kind in _ADDS:
+                            self.subscribed[_ADDS[kind]].add(channel)
+                        elif kind in _REMOVES:
+                            self.subscribed[_REMOVES[kind]].discard(channel)
+                        if count == 0 and kind in _REMOVES:
+                            self.active = False
+                    self._relayed += 1
+                    self._progress.set()
+                    self._progress = trio.Event()
+            except (ShardUnavailable, OSError, trio.ClosedResourceError) as exc:
+                log.info("subscriber's shard connection ended", reason=str(exc))
+                session.kill()
+            finally:
+                self._progress.set()
+
+    def close(self) -> None:
+        self.active = False
+        self._cancel.cancel()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

@@ -1,0 +1,375 @@
+"""The redis engine: every bucket is a redis-server (a *shard*), shared by any number of
+stateless dtm fronts (docs/redis-engine.md has the whole design).
+
+What a front does with a command, by the keys it names (positions from the shards' own
+COMMAND key specs, ``keyspecs.py``):
+
+- **one shard**: the shard's ``guard`` script checks that none of the keys is locked by
+  an unfinished transaction and runs the command there, in one atomic step; its reply is
+  relayed byte for byte. A locked key waits (or, past the lock's lease, the transaction
+  is resolved from its decision) and the command is retried: no client of any front sees
+  half a transaction. Commands a script cannot run exactly (noscript ones such as EVAL,
+  replies that Lua's doubles would round, very long commands) take the *exclusive* path
+  instead: lock the keys, run the command as it is, unlock.
+- **several shards**: the keys are locked on every shard in bucket order (so two
+  transactions never deadlock), copied into the scratch database of one shard (``DUMP``
+  and ``PEXPIRETIME`` at home, ``RESTORE … ABSTTL`` there), the command (or a whole
+  MULTI/EXEC, or a script) runs there unchanged inside MULTI, and every key whose value
+  or expiry changed is written back home as the transaction's intent: prepare records
+  the intents, the decision is written at the primary (the first shard locked), and
+  commit applies them and unlocks, each shard in one script. A front that dies leaves
+  locks with a lease; whoever meets one after the lease resolves it from the decision.
+
+Locks, intents and decisions live in the shards (``scripts.py``), so fronts share
+nothing but the shards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar
+
+import attrs
+import structlog
+import trio
+
+from dtm.buckets.address import Arg, ShardError, new_reader
+from dtm.buckets.keyspecs import CommandTable
+from dtm.buckets.scripts import (
+    ABORT,
+    COMMIT,
+    SCRATCH_DB,
+    Decided,
+    Locked,
+    Outcome,
+    Prepared,
+)
+from dtm.buckets.shard import RedisBucket, stopped_by_lock
+from dtm.resp import Raw
+from dtm.slots import key_slot, slot_owners
+
+log = structlog.get_logger("dtm.engine")
+
+T = TypeVar("T")
+DbKey = tuple[int, bytes]
+# Integer replies that can pass 2^53, which Lua's doubles would round: these commands
+# take the exclusive path, where the reply is the shard's own.
+WIDE_INTEGER_REPLIES: Final = frozenset({
+    "incr", "incrby", "decr", "decrby", "hincrby", "bitfield", "bitfield_ro",
+    "pexpiretime", "expiretime", "pttl", "ttl", "object|freq", "object|idletime",
+})
+_WAIT_FIRST: Final = 0.0005
+_WAIT_MOST: Final = 0.02
+
+
+class TransactionAborted(Exception):
+    """A resolver rolled this transaction back (its lease ran out): nothing of it was
+    applied, and it may be tried again."""
+
+
+class Unavailable(Exception):
+    """A shard could not be reached; ``str()`` is the reason for the client."""
+
+
+def parse(frame: Raw) -> Any:
+    """A relayed reply as a value (error replies as ShardError values)."""
+    reader = new_reader()
+    reader.feed(frame.data)
+    return reader.gets()
+
+
+def exec_item(frame: Raw) -> Raw:
+    """The only element of a one-command EXEC's raw reply (``*1`` then the element);
+    EXECABORT or a null EXEC as they are."""
+    data = frame.data
+    if not data.startswith(b"*1\r\n"):
+        return frame
+    return Raw(data[4:])
+
+
+@attrs.define(eq=False)
+class Transaction:
+    """Locks held for one atomic step across shards."""
+
+    txid: str
+    primary: int
+    locked: list[int] = attrs.field(factory=list)  # shards, in the order locked
+
+
+@attrs.define(eq=False)
+class RedisEngine:
+    shards: list[RedisBucket]
+    table: CommandTable
+    lease_ms: int = 5000
+    front: str = attrs.field(factory=lambda: secrets.token_hex(6))
+    owners: list[int] = attrs.field(init=False)
+    _serial: Iterable[int] = attrs.field(factory=itertools.count, init=False)
+    notifier: Any = attrs.field(default=None, init=False)  # blocking.Notifier, once started
+    spawned: Any = attrs.field(default=None, init=False)  # the ShardSet dtm started, if any
+    resolved: int = attrs.field(default=0, init=False)  # locks past their lease we finished
+    waits: int = attrs.field(default=0, init=False)  # times a command met a lock
+
+    def __attrs_post_init__(self) -> None:
+        self.owners = slot_owners(len(self.shards))
+
+    def shard_of(self, key: bytes) -> int:
+        return self.owners[key_slot(key)]
+
+    # ------------------------------------------------------------ one shard
+
+    async def guarded(self, index: int, db: int, keys: Sequence[bytes],
+                      argv: Sequence[Arg], proto: int = 2) -> Raw:
+        """argv on bucket index, in db, once none of keys is locked: its reply as the
+        shard wrote it."""
+        bucket = self.shards[index]
+        pause = _WAIT_FIRST
+        while True:
+            reply = await bucket.run(db, keys, argv, proto)
+            if isinstance(reply, Raw):
+                return reply
+            pause = await self._wait_for(index, reply, pause)
+
+    async def guarded_batch(self, index: int, db: int,
+                            commands: Sequence[tuple[Sequence[bytes], Sequence[Arg]]],
+                            proto: int = 2) -> list[Raw]:
+        """Several guarded commands of one client for one bucket in one round trip; from
+        the first that met a lock on, they run again one by one, in order, once the lock
+        is gone."""
+        token = f"{self.front}.b{next(self._serial)}"  # type: ignore[call-overload]
+        replies = await self.shards[index].run_batch(token, db, commands, proto)
+        for position, reply in enumerate(replies):
+            if stopped_by_lock(reply):
+                break
+        else:
+            return replies
+        done = replies[:position]
+        for keys, argv in commands[position:]:
+            done.append(await self.guarded(index, db, keys, argv, proto))
+        return done
+
+    async def raw(self, index: int, db: int, commands: Sequence[Sequence[Arg]],
+                  proto: int = 2) -> list[Raw]:
+        """commands as they are on bucket index, in db (no lock check)."""
+        return await self.shards[index].raw(db, commands, proto)
+
+    async def _wait_for(self, index: int, locked: Locked, pause: float) -> float:
+        """Wait for a lock to go (or finish its transaction if its lease is over); the
+        next pause."""
+        self.waits += 1
+        if locked.expired:
+            primary = primary_of(locked.txid)
+            if primary is None or primary >= len(self.shards):
+                log.error("a lock of an unknown transaction past its lease", txid=locked.txid)
+                await trio.sleep(_WAIT_MOST)
+                return pause
+            outcome = await self.resolve(index, locked.txid)
+            self.resolved += 1
+            log.info("resolved a transaction past its lease", txid=locked.txid, outcome=outcome)
+            return _WAIT_FIRST
+        left = (locked.until_ms - locked.now_ms) / 1000
+        await trio.sleep(min(pause, left))
+        return min(pause * 2, _WAIT_MOST)
+
+    async def resolve(self, index: int, txid: str) -> Outcome:
+        """Finish txid on bucket index after its lease ran out, from the decision at its
+        primary: commit rolls forward; with none yet, abort is written first (SET NX),
+        so the original front can no longer commit, and the locks are released."""
+        primary = primary_of(txid)
+        assert primary is not None
+        outcome = await self.shards[primary].decide(txid, ABORT)
+        if outcome == COMMIT:
+            await self.shards[index].commit(txid)
+        else:
+            await self.shards[index].abort(txid)
+        return outcome
+
+    # ------------------------------------------------------------- locking
+
+    def new_transaction(self, shards: Iterable[int]) -> Transaction:
+        primary = min(shards)
+        return Transaction(f"{self.front}.{next(self._serial)}.{primary}", primary)  # type: ignore[call-overload]
+
+    async def lock(self, locks: dict[int, list[DbKey]]) -> Transaction:
+        """Lock every (db, key), shard by shard in bucket order."""
+        txn = self.new_transaction(locks)
+        try:
+            for index in sorted(locks):
+                # Counted before the reply: a prepare whose reply is lost is released too.
+                txn.locked.append(index)
+                await self._prepare(txn, index, locks[index], [])
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.release(txn)
+            raise
+        return txn
+
+    async def _prepare(self, txn: Transaction, index: int, locks: Sequence[DbKey],
+                       intent: Sequence[tuple[int, Sequence[Arg]]]) -> None:
+        bucket = self.shards[index]
+        pause = _WAIT_FIRST
+        while True:
+            result = await bucket.prepare(txn.txid, self.lease_ms, locks, intent,
+                                          primary=index == txn.primary)
+            if isinstance(result, Prepared):
+                return
+            if isinstance(result, Decided):
+                raise TransactionAborted(txn.txid)
+            pause = await self._wait_for(index, result, pause)
+
+    async def release(self, txn: Transaction) -> None:
+        """Drop txn's locks (nothing of it applied through intents)."""
+        await each(lambda i: self.shards[i].abort(txn.txid), txn.locked)
+
+    async def exclusive(self, index: int, db: int, locks: Sequence[DbKey],
+                        argv: Sequence[Arg], proto: int = 2) -> Raw:
+        """argv as it is on one shard, with its keys locked meanwhile."""
+        while True:
+            try:
+                txn = await self.lock({index: list(locks)})
+            except TransactionAborted:
+                continue
+            try:
+                return (await self.raw(index, db, [argv], proto))[0]
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.release(txn)
+
+    # ------------------------------------------------------------ across shards
+
+    async def across(self, db: int, keys: Sequence[bytes], commands: Sequence[Sequence[Arg]],
+                     *, writes: bool, proto: int = 2,
+                     before_run: Callable[[], Awaitable[bool]] | None = None) -> Raw | None:
+        """Run commands (as one MULTI/EXEC) atomically over keys of several shards: EXEC's
+        raw reply, or None when before_run (called under the locks) says not to run."""
+        distinct = list(dict.fromkeys(keys))
+        homes: dict[int, list[bytes]] = {}
+        for key in distinct:
+            homes.setdefault(self.shard_of(key), []).append(key)
+        while True:
+            txn = await self.lock({i: [(db, k) for k in ks] for i, ks in homes.items()})
+            try:
+                if before_run is not None and not await before_run():
+                    return None
+                return await self._run_locked(txn, db, homes, commands, writes, proto)
+            except TransactionAborted:
+                continue
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.release(txn)
+
+    async def _run_locked(self, txn: Transaction, db: int, homes: dict[int, list[bytes]],
+                          commands: Sequence[Sequence[Arg]], writes: bool, proto: int) -> Raw:
+        # 1. Every key's value and expiry, from its home.
+        async def fetch(index: int) -> list[Any]:
+            keys = homes[index]
+            asked: list[Sequence[Arg]] = []
+            for key in keys:
+                asked += (("DUMP", key), ("PEXPIRETIME", key))
+            replies = await self.raw(index, db, asked)
+            return [parse(r) for r in replies]
+
+        order = sorted(homes)
+        fetched = await each(lambda i: fetch(i), order)
+        before: dict[bytes, tuple[bytes | None, int]] = {}
+        for index, values in zip(order, fetched):
+            for position, key in enumerate(homes[index]):
+                payload, expires = values[2 * position], values[2 * position + 1]
+                before[key] = (payload, expires if isinstance(expires, int) and expires > 0 else 0)
+        # 2. Run there, in the scratch database of the primary.
+        keys = list(before)
+        script: list[Sequence[Arg]] = [("SELECT", SCRATCH_DB)]
+        for key, (payload, expires) in before.items():
+            script.append(("RESTORE", key, expires, payload, "REPLACE", "ABSTTL")
+                          if payload is not None else ("DEL", key))
+        script.append(("MULTI",))
+        script += commands
+        script.append(("EXEC",))
+        ran = len(script) - 1
+        if writes:
+            for key in keys:
+                script += (("DUMP", key), ("PEXPIRETIME", key))
+        script += (("DEL", *keys), ("SELECT", 0))
+        replies = await self.shards[txn.primary].raw(0, script, proto)
+        reply = replies[ran]
+        if not writes:
+            return reply
+        # 3. What changed goes home as each shard's intent; decide; commit.
+        after = [parse(r) for r in replies[ran + 1: ran + 1 + 2 * len(keys)]]
+        intents: dict[int, list[tuple[int, Sequence[Arg]]]] = {}
+        for position, key in enumerate(keys):
+            payload, expires = after[2 * position], after[2 * position + 1]
+            expires = expires if isinstance(expires, int) and expires > 0 else 0
+            if (payload, expires) == before[key] or isinstance(payload, ShardError):
+                continue
+            write: Sequence[Arg] = (("RESTORE", key, expires, payload, "REPLACE", "ABSTTL")
+                                    if payload is not None else ("DEL", key))
+            intents.setdefault(self.shard_of(key), []).append((db, write))
+        if not intents:
+            return reply
+        await each(lambda i: self._prepare(txn, i, [], intents[i]), intents)
+        fault("prepared")
+        primary = self.shards[txn.primary]
+        outcome = await primary.decide(txn.txid, COMMIT)
+        if outcome == ABORT:
+            raise TransactionAborted(txn.txid)
+        fault("decided")
+        # From here on the transaction stands: commit even if this client goes away, and
+        # never release (abort) it, not even when a shard's commit fails (it died): that
+        # shard keeps its intent and a resolver rolls it forward after the lease.
+        locked, txn.locked = txn.locked, []
+        with trio.CancelScope(shield=True):
+            first, *rest = locked
+            await self.shards[first].commit(txn.txid)
+            fault("committed-one")
+            await each(lambda i: self.shards[i].commit(txn.txid), rest)
+            # Every shard applied it, so no resolver will ask for the decision again.
+            await primary.forget(txn.txid)
+        return reply
+
+    # ------------------------------------------------------------ everywhere
+
+    async def everywhere(self, db: int, argv: Sequence[Arg], proto: int = 2) -> list[Raw]:
+        """argv on every shard (whole-keyspace commands), replies in shard order."""
+        return await each(lambda i: self._first(i, db, argv, proto), range(len(self.shards)))
+
+    async def _first(self, index: int, db: int, argv: Sequence[Arg], proto: int) -> Raw:
+        return (await self.raw(index, db, [argv], proto))[0]
+
+
+# Fault points tests can arm (DTM_FAULTS=prepared,decided,…): the process kills itself
+# there with SIGKILL, as a crash at that step would.
+_FAULTS: Final = frozenset(filter(None, os.environ.get("DTM_FAULTS", "").split(",")))
+
+
+def fault(point: str) -> None:
+    if point in _FAULTS:
+        log.warning("fault point reached: killing this front", point=point)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def primary_of(txid: str) -> int | None:
+    _, _, tail = txid.rpartition(".")
+    return int(tail) if tail.isdigit() else None
+
+
+async def each(function: Callable[[int], Awaitable[T]], indexes: Iterable[int]) -> list[T]:
+    """function(i) for every index, concurrently; the results in order (one runs inline)."""
+    jobs = list(indexes)
+    if len(jobs) == 1:
+        return [await function(jobs[0])]
+    results: list[Any] = [None] * len(jobs)
+
+    async def one(position: int) -> None:
+        results[position] = await function(jobs[position])
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for position in range(len(jobs)):
+                nursery.start_soon(one, position)
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return results

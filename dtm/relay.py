@@ -1,0 +1,483 @@
+"""A client of a front on the redis engine: where each of its commands goes.
+
+The connection's own commands (PING, SELECT, AUTH, HELLO, CLIENT, CONFIG, INFO, QUIT,
+RESET, MONITOR, SLOWLOG, …) run in the front with the same handlers as the memory
+engine. MULTI/EXEC/WATCH are kept here and run on the shards (``exec_transaction``).
+Whole-keyspace commands (KEYS, SCAN, DBSIZE, RANDOMKEY, FLUSHALL, …) fan out to every
+shard and their replies are combined. Publish/subscribe runs on the first shard, which
+every front shares. Every other command goes by its keys (``RedisEngine``): one shard
+through its guard, several atomically through the scratch database; the shard's reply is
+relayed as it wrote it.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from dtm.buckets import blocking
+from dtm.buckets.address import ShardError, ShardUnavailable
+from dtm.buckets.pool import DedicatedConnection
+from dtm.buckets.pubsub import PubSubRelay
+from dtm.buckets.redis import WIDE_INTEGER_REPLIES, TransactionAborted, exec_item, parse
+from dtm.buckets.scripts import MAX_ARGS
+from dtm.commands.table import unknown_command
+from dtm.errors import NOAUTH, CommandError, err
+from dtm.resp import Raw, Verbatim, encode, parse_int
+from dtm.session import AUTH_FREE, BATCH_BUDGET, Session
+
+if TYPE_CHECKING:
+    from dtm.buckets.keyspecs import CommandInfo
+    from dtm.buckets.redis import RedisEngine
+
+# Run by the front with dtm's own handlers.
+LOCAL: Final = frozenset({
+    "ping", "echo", "auth", "hello", "quit", "reset", "client", "select", "config", "info",
+    "monitor", "slowlog", "latency", "shutdown", "debug", "save", "bgsave", "lastsave",
+})
+# Whole keyspace: every shard.
+FANOUT: Final = frozenset({
+    "dbsize", "keys", "scan", "randomkey", "flushall", "flushdb", "swapdb", "bgrewriteaof",
+    "script", "function",
+})
+PUBSUB: Final = frozenset({
+    "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
+    "publish", "spublish", "pubsub",
+})
+TRANSACTION: Final = frozenset({"multi", "exec", "discard", "watch", "unwatch"})
+# Never in a pipelined run of guarded commands: the front handles them itself.
+NOT_BATCHED: Final = LOCAL | FANOUT | PUBSUB | TRANSACTION
+# Queued inside MULTI and run by the shard with the rest (no front state involved).
+QUEUEABLE_LOCAL: Final = frozenset({"ping", "echo", "select"})
+# Replies holding a null array, which the guard's Lua turns into a null bulk string: the
+# front puts the array back (null_arrays_restored).
+NULL_ARRAY_REPLIES: Final = frozenset({"lpop", "rpop", "lmpop", "zmpop", "xread", "xreadgroup",
+                                       "xrange", "xrevrange", "zrank", "zrevrank", "geopos",
+                                       "xpending"})
+
+
+class RelaySession(Session):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.server.engine is not None
+        self.engine: RedisEngine = self.server.engine
+        # WATCH: a dedicated connection per shard, holding Redis's own WATCH there.
+        self.watching: dict[int, DedicatedConnection] = {}
+        self.watched: dict[int, list[tuple[int, bytes]]] = {}
+        self.pubsub: PubSubRelay | None = None
+
+    # ---------------------------------------------------------------- batch
+
+    async def _run_batch(self) -> bytes:
+        """Every complete command buffered; a run of plain commands for one shard goes
+        out in one round trip (guarded_batch keeps them in order)."""
+        server = self.server
+        replies: list[bytes] = []
+        append = replies.append
+        began = trio.current_time()
+        while not self.close_after_reply:
+            batch = self._take_batch(append)
+            if not batch:
+                break
+            server.stats.commands += len(batch)
+            position = 0
+            while position < len(batch):
+                run = self._plain_run(batch, position)
+                if len(run) > 1:
+                    index = run[0][0]
+                    done = await self.engine.guarded_batch(
+                        index, self.db.index, [(keys, argv) for _, keys, argv in run], self.proto)
+                    for reply in done:
+                        if not self.muted or self._unmuted(reply):
+                            append(reply.data)
+                    position += len(run)
+                    continue
+                reply = await self.relay(batch[position])
+                position += 1
+                if not self.muted or self._unmuted(reply):
+                    append(encode(reply, self.proto))
+                if self.close_after_reply:
+                    break
+            if trio.current_time() - began > BATCH_BUDGET:
+                if replies:
+                    await self.conn.send(b"".join(replies))
+                    replies.clear()
+                await trio.lowlevel.checkpoint()
+                began = trio.current_time()
+        return b"".join(replies)
+
+    def _plain_run(self, batch: list[list[bytes]], start: int) -> list[tuple[int, list[bytes], list[bytes]]]:
+        """The commands from batch[start] on that go through the guard of one shard (no
+        front state involved, keys known); empty if batch[start] is not one of them."""
+        if (self.in_multi or not self.authenticated or self.muted
+                or (self.pubsub is not None and self.pubsub.active)):
+            return []
+        engine = self.engine
+        table = engine.table
+        run: list[tuple[int, list[bytes], list[bytes]]] = []
+        for argv in batch[start:]:
+            info = table.lookup(argv)
+            if (info is None or not info.arity_ok(len(argv)) or info.name in NOT_BATCHED
+                    or "noscript" in info.flags or "blocking" in info.flags
+                    or info.name in WIDE_INTEGER_REPLIES or info.name in NULL_ARRAY_REPLIES
+                    or len(argv) > MAX_ARGS):
+                break
+            positions = info.keys(argv)
+            if not positions:
+                break
+            keys = [argv[i] for i in positions]
+            index = engine.shard_of(keys[0])
+            if run and index != run[0][0]:
+                break
+            if any(engine.shard_of(key) != index for key in keys[1:]):
+                break
+            run.append((index, keys, argv))
+        return run
+
+    async def relay(self, argv: list[bytes]) -> Any:
+        name = argv[0].lower().decode("latin-1")
+        self.last_command = name
+        try:
+            if not self.authenticated and name not in AUTH_FREE:
+                raise NOAUTH
+            if (self.pubsub is not None and self.pubsub.active
+                    and (self.proto == 2 or name in PUBSUB or name in ("quit", "reset"))):
+                return await self.pubsub.command(self, name, argv)
+            if name in TRANSACTION:
+                return await self._transaction_command(name, argv)
+            if self.in_multi:
+                return self._queue_relayed(name, argv)
+            if name in LOCAL:
+                if name == "info":
+                    return await self._info(argv)
+                return await self.execute(argv)
+            if name in FANOUT:
+                return await self._fanout(name, argv)
+            if name in PUBSUB:
+                return await self._pubsub(name, argv)
+            return await self.forward(argv)
+        except CommandError as exc:
+            # MULTI and WATCH refused inside MULTI are not queued, so they leave the
+            # transaction alone (Redis executes them rather than rejecting them).
+            if self.in_multi and name not in TRANSACTION:
+                self.multi_error = True
+            self.server.observe.error(exc.text)
+            return exc
+        except (ShardUnavailable, ShardError) as exc:
+            return err(f"dtm: {exc}")
+
+    # -------------------------------------------------------- keyed commands
+
+    async def forward(self, argv: list[bytes]) -> Any:
+        engine = self.engine
+        info = engine.table.lookup(argv)
+        if info is None or not info.arity_ok(len(argv)):
+            # Unknown command or wrong arity: the shard says so in Redis's own words.
+            return (await engine.raw(0, self.db.index, [argv], self.proto))[0]
+        keys = await self._keys(info, argv)
+        db = self.db.index
+        if not keys:
+            return (await engine.raw(0, db, [argv], self.proto))[0]
+        homes = {engine.shard_of(key) for key in keys}
+        if "blocking" in info.flags:
+            return await blocking.run(self, info, argv, keys, homes)
+        if len(homes) == 1:
+            return await self.on_one_shard(homes.pop(), info, argv, keys)
+        # EVAL, EVALSHA and FCALL carry no "write" flag, yet write: only a readonly
+        # command may skip the write-back.
+        reply = await engine.across(db, keys, [argv], writes="readonly" not in info.flags,
+                                    proto=self.proto)
+        assert reply is not None
+        return exec_item(reply)
+
+    async def on_one_shard(self, index: int, info: CommandInfo, argv: list[bytes],
+                           keys: list[bytes]) -> Raw:
+        engine = self.engine
+        db = self.db.index
+        if ("noscript" in info.flags or info.name in WIDE_INTEGER_REPLIES
+                or len(argv) > MAX_ARGS or len(keys) > MAX_ARGS):
+            return await engine.exclusive(index, db, [(db, key) for key in keys], argv, self.proto)
+        reply = await engine.guarded(index, db, keys, argv, self.proto)
+        if info.name in NULL_ARRAY_REPLIES and self.proto == 2:
+            return null_arrays_restored(info.name, argv, reply)
+        return reply
+
+    async def _keys(self, info: CommandInfo, argv: list[bytes]) -> list[bytes]:
+        positions = info.keys(argv)
+        if positions is not None:
+            return [argv[i] for i in positions]
+        reply = await self.engine.raw(0, self.db.index, [("COMMAND", "GETKEYS", *argv)])
+        value = parse(reply[0])
+        return [] if isinstance(value, ShardError) else list(value)
+
+    # ---------------------------------------------------------- whole keyspace
+
+    async def _fanout(self, name: str, argv: list[bytes]) -> Any:
+        engine = self.engine
+        db = self.db.index
+        if name == "scan":
+            return await self._scan(argv)
+        if name == "randomkey":
+            if len(argv) != 1:
+                return (await engine.raw(0, db, [argv], self.proto))[0]
+            order = list(range(len(engine.shards)))
+            random.shuffle(order)
+            for index in order:
+                key = parse((await engine.raw(index, db, [argv]))[0])
+                if key is not None:
+                    return key
+            return None
+        replies = await engine.everywhere(db, argv, self.proto)
+        values = [parse(reply) for reply in replies]
+        for reply, value in zip(replies, values):
+            if isinstance(value, ShardError):
+                return reply
+        if name == "dbsize":
+            return sum(values)
+        if name == "keys":
+            return [key for keys in values for key in keys]
+        if name == "script" and argv[1].lower() == b"exists":
+            return [int(all(found)) for found in zip(*values)]
+        return replies[0]
+
+    async def _scan(self, argv: list[bytes]) -> Any:
+        """One cursor over every shard: the shard's own cursor times the shard count,
+        plus the shard's index."""
+        engine = self.engine
+        count = len(engine.shards)
+        cursor = parse_int(argv[1]) if argv[1].isdigit() else None
+        if cursor is None or cursor >= 1 << 64:
+            raise err("invalid cursor")
+        index, inner = cursor % count, cursor // count
+        reply = parse((await engine.raw(index, self.db.index, [[argv[0], str(inner).encode(), *argv[2:]]]))[0])
+        if isinstance(reply, ShardError):
+            raise CommandError(str(reply))
+        following, keys = int(reply[0]), reply[1]
+        if following:
+            combined = following * count + index
+        else:
+            combined = index + 1 if index + 1 < count else 0
+        return [str(combined).encode(), keys]
+
+    async def _info(self, argv: list[bytes]) -> Any:
+        """The front's INFO, with the shards' keyspace summed."""
+        local = await self.execute(argv)
+        if not isinstance(local, Verbatim) or b"# Keyspace" not in local.text:
+            return local
+        counts: dict[str, tuple[int, int]] = {}
+        for reply in await self.engine.everywhere(0, ["INFO", "keyspace"]):
+            for line in parse(reply).decode().splitlines():
+                if line.startswith("db") and ":" in line:
+                    db, fields = line.split(":", 1)
+                    values = dict(item.split("=") for item in fields.split(","))
+                    keys, expires = counts.get(db, (0, 0))
+                    counts[db] = (keys + int(values["keys"]), expires + int(values["expires"]))
+        head, _, tail = local.text.partition(b"# Keyspace\r\n")
+        rest = tail.split(b"\r\n\r\n", 1)
+        lines = b"".join(b"%s:keys=%d,expires=%d,avg_ttl=0\r\n" % (db.encode(), *counts[db])
+                         for db in sorted(counts, key=lambda d: int(d[2:])))
+        after = b"\r\n" + rest[1] if len(rest) > 1 else b""
+        return Verbatim(head + b"# Keyspace\r\n" + lines + after)
+
+    # --------------------------------------------------------------- pub/sub
+
+    async def _pubsub(self, name: str, argv: list[bytes]) -> Any:
+        if name in ("publish", "spublish", "pubsub"):
+            return (await self.engine.raw(0, 0, [argv], self.proto))[0]
+        self.pubsub = PubSubRelay(self.engine.shards[0])
+        return await self.pubsub.command(self, name, argv)
+
+    # ----------------------------------------------------------- transactions
+
+    async def _transaction_command(self, name: str, argv: list[bytes]) -> Any:
+        if name == "multi":
+            if len(argv) != 1:
+                raise err("wrong number of arguments for 'multi' command")
+            if self.in_multi:
+                raise err("MULTI calls can not be nested")
+            self.in_multi = True
+            return "OK"
+        if name == "discard":
+            if len(argv) != 1:
+                raise err("wrong number of arguments for 'discard' command")
+            if not self.in_multi:
+                raise err("DISCARD without MULTI")
+            self.discard_multi()
+            self.unwatch()
+            return "OK"
+        if name == "unwatch":
+            if len(argv) != 1:
+                raise err("wrong number of arguments for 'unwatch' command")
+            if not self.in_multi:
+                self.unwatch()
+            return "OK"
+        if name == "watch":
+            if len(argv) < 2:
+                raise err("wrong number of arguments for 'watch' command")
+            if self.in_multi:
+                raise err("WATCH inside MULTI is not allowed")
+            await self._watch(argv[1:])
+            return "OK"
+        if len(argv) != 1:
+            self.discard_multi()
+            self.unwatch()
+            return CommandError("EXECABORT Transaction discarded because of: wrong number of "
+                                "arguments for 'exec' command")
+        if not self.in_multi:
+            raise err("EXEC without MULTI")
+        if self.multi_error:
+            self.discard_multi()
+            self.unwatch()
+            return CommandError("EXECABORT Transaction discarded because of previous errors.")
+        queued = [argv for _, argv in self.queued]
+        db = self.db.index
+        self.discard_multi()
+        try:
+            return await self.exec_transaction(db, queued)
+        finally:
+            self.unwatch()
+
+    def _queue_relayed(self, name: str, argv: list[bytes]) -> Any:
+        engine = self.engine
+        if name in QUEUEABLE_LOCAL:
+            pass
+        elif name in LOCAL or name in FANOUT or name in PUBSUB:
+            self.multi_error = True
+            if name in ("subscribe", "psubscribe", "ssubscribe"):
+                return err("Command not allowed inside a transaction")
+            if len(engine.shards) > 1 and name in FANOUT:
+                return err(f"dtm: '{name}' is not available inside MULTI with several buckets")
+            if name not in FANOUT:
+                return err(f"dtm: '{name}' is not available inside MULTI on the redis engine")
+        else:
+            info = engine.table.lookup(argv)
+            if info is None:
+                self.multi_error = True
+                return unknown_command(argv)
+            if not info.arity_ok(len(argv)):
+                self.multi_error = True
+                return err(f"wrong number of arguments for '{info.name}' command")
+            if "no_multi" in info.flags:
+                self.multi_error = True
+                return err("Command not allowed inside a transaction")
+        self.queued.append((None, argv))  # type: ignore[arg-type]
+        self.queued_bytes += sum(map(len, argv))
+        return "QUEUED"
+
+    async def exec_transaction(self, db: int, queued: list[list[bytes]]) -> Any:
+        engine = self.engine
+        locks: dict[int, list[tuple[int, bytes]]] = {}
+        dbs = {db}
+        current = db
+        keys: list[bytes] = []
+        for argv in queued:
+            name = argv[0].lower()
+            if name == b"select":
+                index = parse_int(argv[1])
+                if index is not None and 0 <= index < self.server.config.databases:
+                    current = index
+                    dbs.add(index)
+                continue
+            if name in (b"ping", b"echo"):
+                continue
+            info = engine.table.lookup(argv)
+            assert info is not None
+            for key in await self._keys(info, argv):
+                locks.setdefault(engine.shard_of(key), []).append((current, key))
+                keys.append(key)
+        for index, pairs in self.watched.items():
+            locks.setdefault(index, []).extend(pairs)
+        homes = set(locks)
+        if len(homes) <= 1:
+            index = homes.pop() if homes else 0
+            return await self._exec_on_one_shard(index, db, locks.get(index, []), queued)
+        if len(dbs) > 1:
+            raise err("dtm: a transaction across buckets must stay in one database")
+        writes = any("readonly" not in (engine.table.lookup(argv).flags)  # type: ignore[union-attr]
+                     for argv in queued if argv[0].lower() not in (b"select", b"ping", b"echo"))
+        watched_keys = [key for pairs in self.watched.values() for _, key in pairs]
+        reply = await engine.across(db, keys + watched_keys, queued, writes=writes, proto=self.proto,
+                                    before_run=self._watches_hold)
+        return Raw(b"*-1\r\n") if reply is None else reply
+
+    async def _exec_on_one_shard(self, index: int, db: int, locks: list[tuple[int, bytes]],
+                                 queued: list[list[bytes]]) -> Any:
+        engine = self.engine
+        while True:
+            try:
+                txn = await engine.lock({index: locks}) if locks else None
+            except TransactionAborted:
+                continue
+            try:
+                others = [i for i in self.watching if i != index]
+                if others and not await self._watches_hold(others):
+                    return Raw(b"*-1\r\n")
+                # The shared link goes back to database 0 after a SELECT among them.
+                commands = [("SELECT", db), ("MULTI",), *queued, ("EXEC",), ("SELECT", 0)]
+                conn = self.watching.get(index)
+                if conn is not None:
+                    return (await conn.pipeline_raw(commands))[-2]
+                return (await engine.shards[index].raw(0, commands, self.proto))[-2]
+            finally:
+                if txn is not None:
+                    with trio.CancelScope(shield=True):
+                        await engine.release(txn)
+
+    async def _watches_hold(self, shards: list[int] | None = None) -> bool:
+        """Whether no watched key changed: an empty MULTI on each watching connection."""
+        for index in (self.watching if shards is None else shards):
+            replies = await self.watching[index].pipeline_raw([("MULTI",), ("EXEC",)])
+            if replies[-1].data == b"*-1\r\n":
+                return False
+        return True
+
+    async def _watch(self, keys: list[bytes]) -> None:
+        engine = self.engine
+        db = self.db.index
+        by_shard: dict[int, list[bytes]] = {}
+        for key in keys:
+            by_shard.setdefault(engine.shard_of(key), []).append(key)
+        for index, shard_keys in by_shard.items():
+            conn = self.watching.get(index)
+            if conn is None:
+                conn = await engine.shards[index].connection(self.proto)
+                self.watching[index] = conn
+            replies = await conn.pipeline_raw([("SELECT", db), ("WATCH", *shard_keys)])
+            if not replies[-1].data.startswith(b"+OK"):
+                raise CommandError(replies[-1].data[1:-2].decode())
+            self.watched.setdefault(index, []).extend((db, key) for key in shard_keys)
+
+    def unwatch(self) -> None:
+        for conn in self.watching.values():
+            conn.close()  # its WATCH goes with it
+        self.watching.clear()
+        self.watched.clear()
+        super().unwatch()
+
+    def close(self) -> None:
+        if self.pubsub is not None:
+            self.pubsub.close()
+        super().close()
+
+
+def null_arrays_restored(name: str, argv: list[bytes], reply: Raw) -> Raw:
+    """The guard's reply with the null arrays Lua made null bulk strings put back (where
+    Redis 7 replies a null array: t_list.c, t_zset.c, t_stream.c, geo.c)."""
+    data = reply.data
+    if name == "geopos":
+        # Its elements are [longitude, latitude] or a null array; the numbers hold no "$".
+        return Raw(data.replace(b"$-1\r\n", b"*-1\r\n"))
+    if name == "xpending":
+        # The summary's last element (the consumers) is a null array when none is pending.
+        if len(argv) == 3 and data.startswith(b"*4\r\n") and data.endswith(b"$-1\r\n"):
+            return Raw(data[:-5] + b"*-1\r\n")
+        return reply
+    # LPOP/RPOP and ZRANK/ZREVRANK reply a null bulk string, but a null array with COUNT
+    # or WITHSCORE; the others never reply a null bulk string.
+    if data == b"$-1\r\n" and (len(argv) > (3 if name in ("zrank", "zrevrank") else 2)
+                                or name not in ("lpop", "rpop", "zrank", "zrevrank")):
+        return Raw(b"*-1\r\n")
+    return reply
+
