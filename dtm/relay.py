@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from dtm.buckets import blocking
+from dtm.buckets import blocking, settings
 from dtm.buckets.address import ShardError, ShardUnavailable
+from dtm.buckets.blocking import NOTIFY_FLAGS
 from dtm.buckets.pool import DedicatedConnection
 from dtm.buckets.pubsub import PubSubRelay
 from dtm.buckets.redis import WIDE_INTEGER_REPLIES, TransactionAborted, exec_item, parse
 from dtm.buckets.scripts import MAX_ARGS
 from dtm.commands.table import unknown_command
+from dtm.config import REDIS_NAMES
 from dtm.errors import NOAUTH, CommandError, err
 from dtm.resp import Raw, Verbatim, encode, parse_int
 from dtm.session import AUTH_FREE, BATCH_BUDGET, Session
@@ -47,8 +49,17 @@ PUBSUB: Final = frozenset({
     "publish", "spublish", "pubsub",
 })
 TRANSACTION: Final = frozenset({"multi", "exec", "discard", "watch", "unwatch"})
+# CONFIG settings the front keeps (the rest are the shards').
+FRONT_SETTINGS: Final = frozenset([*REDIS_NAMES, "port", "dir", "save", "appendonly",
+                                   "appendfsync"])
+EVICTION_REFUSED: Final = ("CONFIG SET failed (possibly related to argument "
+                           "'maxmemory-policy') - dtm's shards keep noeviction: an evicted "
+                           "lock, intent or decision would break atomicity")
+# Arguments that name a database, by command (COPY's follows its DB option).
+DATABASE_ARGS: Final = {b"move": [2], b"swapdb": [1, 2], b"select": [1], b"copy": []}
+NO_SUCH_DATABASE: Final = b"2147483647"
 # Never in a pipelined run of guarded commands: the front handles them itself.
-NOT_BATCHED: Final = LOCAL | FANOUT | PUBSUB | TRANSACTION
+NOT_BATCHED: Final = LOCAL | FANOUT | PUBSUB | TRANSACTION | {"move", "copy"}
 # Queued inside MULTI and run by the shard with the rest (no front state involved).
 QUEUEABLE_LOCAL: Final = frozenset({"ping", "echo", "select"})
 # Replies holding a null array, which the guard's Lua turns into a null bulk string: the
@@ -56,6 +67,10 @@ QUEUEABLE_LOCAL: Final = frozenset({"ping", "echo", "select"})
 NULL_ARRAY_REPLIES: Final = frozenset({"lpop", "rpop", "lmpop", "zmpop", "xread", "xreadgroup",
                                        "xrange", "xrevrange", "zrank", "zrevrank", "geopos",
                                        "xpending"})
+
+
+# Whether a command (by full name) may go through the guard in a pipelined run.
+_GUARDED: dict[str, bool] = {}
 
 
 class RelaySession(Session):
@@ -85,13 +100,10 @@ class RelaySession(Session):
             position = 0
             while position < len(batch):
                 run = self._plain_run(batch, position)
-                if len(run) > 1:
-                    index = run[0][0]
-                    done = await self.engine.guarded_batch(
-                        index, self.db.index, [(keys, argv) for _, keys, argv in run], self.proto)
-                    for reply in done:
+                if run:
+                    for reply in await self._guarded_run(run):
                         if not self.muted or self._unmuted(reply):
-                            append(reply.data)
+                            append(encode(reply, self.proto))
                     position += len(run)
                     continue
                 reply = await self.relay(batch[position])
@@ -108,6 +120,18 @@ class RelaySession(Session):
                 began = trio.current_time()
         return b"".join(replies)
 
+    async def _guarded_run(self, run: list[tuple[int, list[bytes], list[bytes]]]) -> list[Any]:
+        index = run[0][0]
+        engine = self.engine
+        try:
+            if len(run) == 1:
+                _, keys, argv = run[0]
+                return [await engine.guarded(index, self.db.index, keys, argv, self.proto)]
+            return await engine.guarded_batch(
+                index, self.db.index, [(keys, argv) for _, keys, argv in run], self.proto)
+        except ShardUnavailable as exc:
+            return [err(f"dtm: {exc}")] * len(run)
+
     def _plain_run(self, batch: list[list[bytes]], start: int) -> list[tuple[int, list[bytes], list[bytes]]]:
         """The commands from batch[start] on that go through the guard of one shard (no
         front state involved, keys known); empty if batch[start] is not one of them."""
@@ -119,10 +143,15 @@ class RelaySession(Session):
         run: list[tuple[int, list[bytes], list[bytes]]] = []
         for argv in batch[start:]:
             info = table.lookup(argv)
-            if (info is None or not info.arity_ok(len(argv)) or info.name in NOT_BATCHED
-                    or "noscript" in info.flags or "blocking" in info.flags
-                    or info.name in WIDE_INTEGER_REPLIES or info.name in NULL_ARRAY_REPLIES
-                    or len(argv) > MAX_ARGS):
+            if info is None or not info.arity_ok(len(argv)) or len(argv) > MAX_ARGS:
+                break
+            plain = _GUARDED.get(info.name)
+            if plain is None:
+                plain = _GUARDED[info.name] = not (
+                    info.name in NOT_BATCHED or "noscript" in info.flags
+                    or "blocking" in info.flags or info.name in WIDE_INTEGER_REPLIES
+                    or info.name in NULL_ARRAY_REPLIES)
+            if not plain:
                 break
             positions = info.keys(argv)
             if not positions:
@@ -137,6 +166,7 @@ class RelaySession(Session):
         return run
 
     async def relay(self, argv: list[bytes]) -> Any:
+        argv = self._user_databases_only(argv)
         name = argv[0].lower().decode("latin-1")
         self.last_command = name
         try:
@@ -152,6 +182,10 @@ class RelaySession(Session):
             if name in LOCAL:
                 if name == "info":
                     return await self._info(argv)
+                if name == "config" and len(argv) > 2 and argv[1].lower() in (b"get", b"set"):
+                    return await self._config(argv)
+                if name == "config":
+                    return await settings.config(self, argv)
                 return await self.execute(argv)
             if name in FANOUT:
                 return await self._fanout(name, argv)
@@ -192,6 +226,27 @@ class RelaySession(Session):
         assert reply is not None
         return exec_item(reply)
 
+    def _user_databases_only(self, argv: list[bytes]) -> list[bytes]:
+        """argv with any database index beyond the user's (MOVE, COPY … DB, SWAPDB,
+        SELECT inside MULTI) made one no shard has: databases 16 and 17 of a shard are
+        dtm's, and the shard then answers Redis's own "DB index is out of range"."""
+        name = argv[0].lower()
+        if name not in DATABASE_ARGS:
+            return argv
+        if name == b"copy":
+            positions = [i + 1 for i in range(3, len(argv) - 1) if argv[i].lower() == b"db"]
+        else:
+            positions = DATABASE_ARGS[name]
+        limit = self.server.config.databases
+        fixed = argv
+        for i in positions:
+            if i < len(argv):
+                index = parse_int(argv[i])
+                if index is not None and index >= limit:
+                    fixed = fixed if fixed is not argv else list(argv)
+                    fixed[i] = NO_SUCH_DATABASE
+        return fixed
+
     async def on_one_shard(self, index: int, info: CommandInfo, argv: list[bytes],
                            keys: list[bytes]) -> Raw:
         engine = self.engine
@@ -229,6 +284,8 @@ class RelaySession(Session):
                 if key is not None:
                     return key
             return None
+        if name == "flushall":
+            return await self._flushall(argv)
         replies = await engine.everywhere(db, argv, self.proto)
         values = [parse(reply) for reply in replies]
         for reply, value in zip(replies, values):
@@ -241,6 +298,59 @@ class RelaySession(Session):
         if name == "script" and argv[1].lower() == b"exists":
             return [int(all(found)) for found in zip(*values)]
         return replies[0]
+
+    async def _config(self, argv: list[bytes]) -> Any:
+        """CONFIG GET/SET: the front's own settings (port, dir, maxclients, timeouts, …)
+        here, every other one (maxmemory-policy, notify-keyspace-events, encodings, …)
+        on the shards: read from the first, set on all."""
+        if argv[1].lower() == b"get":
+            local = await self.execute(argv)
+            if isinstance(local, CommandError):
+                return local
+            value = parse((await self.engine.raw(0, 0, [argv]))[0])
+            if isinstance(value, ShardError):
+                return local
+            merged = {name: found for name, found in zip(value[::2], value[1::2])
+                      if name.decode("latin-1").lower() not in FRONT_SETTINGS}
+            merged.update((name, found) for name, found in local.items()
+                          if name.decode("latin-1").lower() in FRONT_SETTINGS)
+            return merged
+        if len(argv) % 2:
+            return await self.execute(argv)  # Redis's error for a missing value
+        pairs = [(argv[i], argv[i + 1]) for i in range(2, len(argv), 2)]
+        front = [pair for pair in pairs if pair[0].decode("latin-1").lower() in FRONT_SETTINGS]
+        shards = [pair for pair in pairs if pair not in front]
+        if front:
+            reply = await self.execute([argv[0], argv[1], *(x for pair in front for x in pair)])
+            if isinstance(reply, CommandError) or not shards:
+                return reply
+        command: list[bytes] = [argv[0], argv[1]]
+        for name, value in shards:
+            if name.lower() == b"maxmemory-policy" and value.lower() != b"noeviction":
+                raise err(EVICTION_REFUSED)
+            if name.lower() == b"notify-keyspace-events":
+                # Blocking commands wait on these events: the shards keep them on.
+                value = bytes(sorted(set(value) | set(NOTIFY_FLAGS.encode())))
+            command += (name, value)
+        for reply in await self.engine.everywhere(0, command, self.proto):
+            if reply.data.startswith(b"-"):
+                return reply
+        return "OK"
+
+    async def _flushall(self, argv: list[bytes]) -> Any:
+        """FLUSHALL of the user's databases only: a shard's FLUSHALL would also empty
+        dtm's own (locks, intents, decisions of transactions in flight). Each shard's
+        databases go in one MULTI."""
+        check = await self.engine.raw(0, 15, [("FLUSHDB", *argv[1:])], self.proto)
+        if check[0].data.startswith(b"-"):
+            return check[0]  # a bad option: Redis's error, nothing flushed elsewhere
+        commands: list[list[Any]] = [["MULTI"]]
+        for index in range(self.server.config.databases):
+            commands += (["SELECT", index], ["FLUSHDB", *argv[1:]])
+        commands += (["EXEC"], ["SELECT", 0])
+        for index in range(len(self.engine.shards)):
+            await self.engine.raw(index, 0, commands)
+        return "OK"
 
     async def _scan(self, argv: list[bytes]) -> Any:
         """One cursor over every shard: the shard's own cursor times the shard count,

@@ -47,6 +47,7 @@ DECISION_TTL: Final = 86400  # seconds a decision outlives its transaction, for 
 UNLOCKED_CHANNEL: Final = "dtm:unlocked"
 BARRIER_KEY: Final = "dtm:barrier"  # in META_DB: a checkpoint holds commit decisions back
 CUT_KEY: Final = "dtm:cut"  # in META_DB: the checkpoint this shard's data belongs to
+TOPOLOGY_KEY: Final = "dtm:bucket"  # in META_DB: "<index>/<count>", this shard's place
 # Lua's unpack() refuses about 8000 values; keep a margin for what else is on the stack.
 MAX_ARGS: Final = 7500
 

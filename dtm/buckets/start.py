@@ -18,7 +18,7 @@ from dtm.buckets.checkpoint import cut_file, cuts, recorded_cut
 from dtm.buckets.keyspecs import CommandTable
 from dtm.buckets.link import ShardLink
 from dtm.buckets.redis import RedisEngine
-from dtm.buckets.scripts import ShardMisconfigured, ShardScripts
+from dtm.buckets.scripts import TOPOLOGY_KEY, ShardMisconfigured, ShardScripts
 from dtm.buckets.shard import RedisBucket
 from dtm.buckets.spawn import ShardSet, SpawnError, spawn_shards
 from dtm.config import Config
@@ -161,7 +161,10 @@ async def _connect(nursery: trio.Nursery, addresses: list[ShardAddress], config:
             await nursery.start(link3.run)
         except ShardUnavailable as exc:
             raise EngineError(str(exc)) from None
-        shards.append(RedisBucket(index, link, scripts, link3))
+        bucket = RedisBucket(index, link, scripts, link3)
+        await _claim_place(bucket, len(addresses), address)
+        shards.append(bucket)
+    config.buckets = len(shards)
     table = CommandTable.from_command_info(await shards[0].link.call("COMMAND"))
     engine = RedisEngine(shards, table, lease_ms=config.lease_ms)
     engine.notifier = Notifier(engine)
@@ -170,12 +173,29 @@ async def _connect(nursery: trio.Nursery, addresses: list[ShardAddress], config:
     return engine
 
 
+async def _claim_place(bucket: RedisBucket, count: int, address: ShardAddress) -> None:
+    """Every front must map keys to shards alike: a shard remembers which bucket of how
+    many it is (in dtm's database), and a front that lists it elsewhere is refused."""
+    place = f"{bucket.index}/{count}"
+    before = await bucket.meta(("SET", TOPOLOGY_KEY, place, "NX", "GET"))
+    if before is not None and before.decode() != place:
+        held, of = before.decode().split("/")
+        raise EngineError(
+            f"shard {address} is bucket {held} of {of}, but is listed as bucket {bucket.index} "
+            f"of {count}: every front must name the same shards in the same order")
+
+
 async def _configure(link: ShardLink, config: Config) -> None:
     """Keyspace notifications for waiting commands; the mode's settings checked."""
     current = (await link.call("CONFIG", "GET", "notify-keyspace-events"))[1].decode()
     wanted = "".join(sorted(set(current) | set(NOTIFY_FLAGS)))
     if set(wanted) != set(current):
         await link.call("CONFIG", "SET", "notify-keyspace-events", wanted)
+    policy = (await link.call("CONFIG", "GET", "maxmemory-policy"))[1]
+    if policy != b"noeviction":
+        raise EngineError(f"shard {link.address} has maxmemory-policy {policy.decode()}: dtm "
+                          "needs noeviction (an evicted lock, intent or decision would break "
+                          "atomicity)")
     if config.mode == "binlog":
         reply = await link.call("CONFIG", "GET", "appendonly")
         fsync = await link.call("CONFIG", "GET", "appendfsync")

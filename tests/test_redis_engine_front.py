@@ -1,0 +1,176 @@
+"""What a redis-engine front keeps for itself: RESP3 replies as Redis sends them, dtm's
+own databases out of the user's reach (FLUSHALL, MOVE/COPY/SWAPDB/SELECT), CONFIG split
+between the front and the shards, and the shard topology every front must agree on."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+import redis
+from conftest import ROOT, DtmProcess
+from helpers import encode_command
+from test_redis_engine import spread
+
+from bench.processes import free_port
+from dtm.buckets.frames import ReplyFramer
+from dtm.buckets.scripts import META_DB
+
+
+class Frames:
+    """One connection whose replies are returned as the exact bytes of each frame."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.framer = ReplyFramer()
+
+    def call(self, *command: str) -> bytes:
+        self.sock.sendall(encode_command(*command))
+        while (frame := self.framer.next()) is None:
+            data = self.sock.recv(65536)
+            assert data, "connection closed"
+            self.framer.feed(data)
+        return frame
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def frames(dtm_redis: DtmProcess) -> Iterator[Frames]:
+    client = redis.Redis(port=dtm_redis.port, protocol=2)
+    client.flushall()
+    client.close()
+    wire = Frames(dtm_redis.port)
+    yield wire
+    wire.close()
+
+
+def shard(dtm_redis: DtmProcess, index: int, db: int = 0) -> redis.Redis:
+    return redis.Redis(unix_socket_path=str(dtm_redis.dir / f"shard-{index}" / "redis.sock"),
+                       db=db, protocol=2)
+
+
+def test_resp3_clients_get_maps_sets_doubles_and_nulls_as_redis_sends_them(
+    frames: Frames, redis_server: int,
+) -> None:
+    redis_wire = Frames(redis_server)
+    try:
+        redis_wire.call("FLUSHALL")
+        script = [
+            ["HELLO", "3"], ["HSET", "h", "a", "1"], ["HGETALL", "h"], ["ZADD", "z", "1.5", "m"],
+            ["ZSCORE", "z", "m"], ["SADD", "s", "x"], ["SMEMBERS", "s"], ["GET", "nokey"],
+            ["RPOP", "nokey", "2"], ["MULTI"], ["HGETALL", "h"], ["ZSCORE", "z", "m"], ["EXEC"],
+            ["INCRBY", "n", "9007199254740993"],
+        ]
+        for command in script:
+            theirs, ours = redis_wire.call(*command), frames.call(*command)
+            if command[0] == "HELLO":
+                assert ours[:2] == theirs[:2] == b"%7"  # a map: server, version, proto…
+                continue
+            assert ours == theirs, command
+    finally:
+        redis_wire.close()
+
+
+def test_flushall_empties_the_users_databases_and_keeps_dtms(
+    rr: redis.Redis, dtm_redis: DtmProcess,
+) -> None:
+    keys = spread("flush:")
+    rr.mset(dict.fromkeys(keys, 1))
+    rr.execute_command("SELECT", 3)
+    assert rr.flushall() is True
+    assert rr.dbsize() == 0
+    for index in range(8):
+        meta = shard(dtm_redis, index, META_DB)
+        try:
+            assert meta.get("dtm:bucket") == f"{index}/8".encode()  # dtm's own keys stay
+        finally:
+            meta.close()
+    with pytest.raises(redis.ResponseError, match="syntax error"):
+        rr.execute_command("FLUSHALL", "BOGUS")
+
+
+@pytest.mark.parametrize("command", [
+    ["MOVE", "k", "16"], ["MOVE", "k", "17"], ["SWAPDB", "0", "16"], ["COPY", "k", "k2", "DB", "17"],
+    ["SELECT", "16"],
+])
+def test_dtms_databases_are_out_of_range_for_users(rr: redis.Redis, command: list[str]) -> None:
+    rr.set("k", "v")
+    with pytest.raises(redis.ResponseError, match="^DB index is out of range$"):
+        rr.execute_command(*command)
+    assert rr.get("k") == b"v"
+
+
+def test_select_of_dtms_database_inside_multi_fails_at_exec_as_redis(
+    rr: redis.Redis, frames: Frames,
+) -> None:
+    assert frames.call("MULTI") == b"+OK\r\n"
+    assert frames.call("SELECT", "16") == b"+QUEUED\r\n"
+    assert frames.call("SET", "x", "1") == b"+QUEUED\r\n"
+    assert frames.call("EXEC") == b"*2\r\n-ERR DB index is out of range\r\n+OK\r\n"
+    assert rr.get("x") == b"1"  # in database 0, where the client was
+
+
+def test_config_keeps_front_settings_and_passes_the_others_to_every_shard(
+    rr: redis.Redis, dtm_redis: DtmProcess,
+) -> None:
+    assert rr.config_get("port") == {"port": str(dtm_redis.port)}
+    assert rr.config_get("databases") == {"databases": "16"}  # the user's, not the shard's 18
+    before = rr.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"]
+    try:
+        assert rr.config_set("hash-max-listpack-entries", "7") is True
+        for index in range(8):
+            client = shard(dtm_redis, index)
+            try:
+                assert client.config_get("hash-max-listpack-entries") == {
+                    "hash-max-listpack-entries": "7"}
+            finally:
+                client.close()
+        assert rr.config_get("hash-max-listpack-entries") == {"hash-max-listpack-entries": "7"}
+    finally:
+        rr.config_set("hash-max-listpack-entries", before)
+    with pytest.raises(redis.ResponseError, match="noeviction"):
+        rr.config_set("maxmemory-policy", "allkeys-lru")
+    assert rr.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    # Blocking commands need the shards' keyspace events: a user's setting keeps them.
+    rr.config_set("notify-keyspace-events", "Ex")
+    flags = set(rr.config_get("notify-keyspace-events")["notify-keyspace-events"])
+    assert {"E", "x", "K", "l", "z"} <= flags
+
+
+def test_a_rpop_with_a_count_of_a_missing_key_is_a_null_array(frames: Frames) -> None:
+    assert frames.call("RPOP", "none", "2") == b"*-1\r\n"
+    assert frames.call("HELLO", "3")[:2] == b"%7"
+    assert frames.call("RPOP", "none", "2") == b"_\r\n"
+
+
+def test_a_front_listing_the_shards_in_another_order_is_refused(dtm_redis: DtmProcess) -> None:
+    sockets = [f"unix:{dtm_redis.dir / f'shard-{i}' / 'redis.sock'}" for i in range(8)]
+    for order in (list(reversed(sockets)), sockets[:4]):
+        result = subprocess.run(
+            [sys.executable, "-m", "dtm.cli", "serve", "--engine", "redis", "--port",
+             str(free_port()), "--shards", ",".join(order)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "every front must name the same shards in the same order" in lines[0]
+
+
+def test_the_memory_engine_refuses_a_directory_of_redis_engine_shards() -> None:
+    directory = tempfile.mkdtemp(prefix="dtm-mixed-")
+    try:
+        (ROOT / directory).joinpath("shard-0").mkdir()
+        result = subprocess.run(
+            [sys.executable, "-m", "dtm.cli", "serve", "--port", str(free_port()), "--dir", directory],
+            capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "holds the redis engine's shards" in lines[0], lines
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
