@@ -396,7 +396,8 @@ class RelaySession(Session):
     async def _pubsub(self, name: str, argv: list[bytes]) -> Any:
         if name in ("publish", "spublish", "pubsub"):
             return (await self.engine.raw(0, 0, [argv], self.proto))[0]
-        self.pubsub = PubSubRelay(self.engine.shards[0])
+        if self.pubsub is None:
+            self.pubsub = PubSubRelay(self.engine.shards)
         return await self.pubsub.command(self, name, argv)
 
     # ----------------------------------------------------------- transactions

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -174,3 +175,30 @@ def test_the_memory_engine_refuses_a_directory_of_redis_engine_shards() -> None:
         assert len(lines) == 1 and "holds the redis engine's shards" in lines[0], lines
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_keyspace_notifications_of_every_shard_reach_a_subscriber(rr: redis.Redis) -> None:
+    rr.config_set("notify-keyspace-events", "KEA")
+    subscriber = rr.pubsub()
+    try:
+        subscriber.psubscribe("__keyspace@0__:note:*")
+        assert subscriber.get_message(timeout=5)["type"] == "psubscribe"
+        keys = spread("note:")
+        for key in keys:
+            rr.set(key, 1)
+        seen: set[bytes] = set()
+        deadline = time.monotonic() + 10
+        while len(seen) < len(keys) and time.monotonic() < deadline:
+            message = subscriber.get_message(timeout=0.5)
+            if message and message["type"] == "pmessage":
+                assert message["data"] == b"set"
+                seen.add(message["channel"])
+        assert seen == {f"__keyspace@0__:{key}".encode() for key in keys}
+        subscriber.punsubscribe()
+        reply = subscriber.get_message(timeout=5)
+        assert reply is not None and reply["type"] == "punsubscribe" and reply["data"] == 0
+        rr.set(keys[-1], 2)  # unsubscribed on every shard: nothing more arrives
+        assert subscriber.get_message(timeout=0.5) is None
+    finally:
+        subscriber.close()
+        rr.config_set("notify-keyspace-events", "")

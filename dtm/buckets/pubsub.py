@@ -36,16 +36,25 @@ _REMOVES: Final = {b"unsubscribe": b"channel", b"punsubscribe": b"pattern",
                    b"sunsubscribe": b"shard"}
 
 
+def _notification(channel: bytes) -> bool:
+    """A keyspace notification channel (or pattern): every shard publishes its own."""
+    return channel.startswith((b"__keyspace@", b"__keyevent@", b"__key*"))
+
+
 class PubSubRelay:
-    def __init__(self, shard: RedisBucket) -> None:
-        self.shard = shard
+    def __init__(self, shards: list[RedisBucket]) -> None:
+        self.shard = shards[0]
+        self.others = shards[1:]
         self.conn: DedicatedConnection | None = None
+        # Connections to the other shards, for keyspace notifications only: their
+        # messages are relayed, their confirmations are not (the first shard's are).
+        self.followers: list[DedicatedConnection] = []
         self.active = False
         self.subscribed: dict[bytes, set[bytes]] = {b"channel": set(), b"pattern": set(),
                                                     b"shard": set()}
         self._relayed = 0  # replies (not messages) relayed so far
         self._progress = trio.Event()
-        self._cancel = trio.CancelScope()
+        self._scopes: list[trio.CancelScope] = []  # the relaying tasks', cancelled by close
 
     async def command(self, session: Session, name: str, argv: list[bytes]) -> Any:
         if name not in ALLOWED:
@@ -71,15 +80,52 @@ class PubSubRelay:
             await self.conn.stream.send_all(pack(argv))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ShardUnavailable(f"lost the connection to shard {self.conn.address}") from exc
+        await self._follow(session, name, argv)
         while self._relayed < target and self.conn is not None:
             await self._progress.wait()
         return NO_REPLY
+
+    async def _follow(self, session: Session, name: str, argv: list[bytes]) -> None:
+        """The notification channels of a (P)SUBSCRIBE or (P)UNSUBSCRIBE on every other
+        shard too."""
+        if name not in ("subscribe", "psubscribe", "unsubscribe", "punsubscribe") or not self.others:
+            return
+        channels = [arg for arg in argv[1:] if _notification(arg)]
+        if not channels and not (name.endswith("unsubscribe") and len(argv) == 1):
+            return
+        if not self.followers:
+            if name.endswith("unsubscribe"):
+                return
+            for shard in self.others:
+                follower = await shard.connection(session.proto)
+                self.followers.append(follower)
+                session.server.client_nursery.start_soon(self._relay_messages, session, follower)
+        request = pack([argv[0], *channels])
+        for follower in self.followers:
+            try:
+                await follower.stream.send_all(request)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ShardUnavailable(f"lost the connection to shard {follower.address}") from exc
+
+    async def _relay_messages(self, session: Session, follower: DedicatedConnection) -> None:
+        reader = new_reader()
+        with self._scope():
+            try:
+                while True:
+                    frame = await follower.reply_raw()
+                    reader.feed(frame.data)
+                    reply = reader.gets()
+                    if isinstance(reply, list) and reply and reply[0] in _MESSAGES:
+                        await session.conn.send(frame.data)
+            except (ShardUnavailable, OSError, trio.ClosedResourceError) as exc:
+                log.info("subscriber's shard connection ended", reason=str(exc))
+                session.kill()
 
     async def _forward(self, session: Session) -> None:
         reader = new_reader()
         conn = self.conn
         assert conn is not None
-        with self._cancel:
+        with self._scope():
             try:
                 while True:
                     frame = await conn.reply_raw()
@@ -105,9 +151,19 @@ class PubSubRelay:
             finally:
                 self._progress.set()
 
+    def _scope(self) -> trio.CancelScope:
+        scope = trio.CancelScope()
+        self._scopes.append(scope)
+        return scope
+
     def close(self) -> None:
         self.active = False
-        self._cancel.cancel()
+        for scope in self._scopes:
+            scope.cancel()
+        self._scopes = []
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        for follower in self.followers:
+            follower.close()
+        self.followers = []
