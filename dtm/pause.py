@@ -47,17 +47,27 @@ class Pause:
 
     def holds(self, spec: Spec, session: Session) -> bool:
         """Whether this command must wait for the pause to end."""
+        # EXEC waits under a write pause when its transaction writes (Redis 7).
+        return self.holds_writes(spec.writes or (
+            spec.name == "exec" and any(queued.writes for queued, _ in session.queued)))
+
+    def holds_writes(self, writes: bool) -> bool:
+        """Whether a command that writes (or not) must wait for the pause to end."""
         if not self.active:
             return False
         if trio.current_time() >= self.deadline:
             self.unpause()
             return False
-        if self.kind is PauseKind.ALL or spec.writes:
-            return True
-        # EXEC waits under a write pause when its transaction writes (Redis 7).
-        return spec.name == "exec" and any(queued.writes for queued, _ in session.queued)
+        return self.kind is PauseKind.ALL or writes
 
     async def wait(self, spec: Spec, session: Session) -> None:
         while self.holds(spec, session):
-            with trio.move_on_at(self.deadline):
-                await self._ended.wait()
+            await self._wait_end()
+
+    async def wait_writes(self, writes: bool) -> None:
+        while self.holds_writes(writes):
+            await self._wait_end()
+
+    async def _wait_end(self) -> None:
+        with trio.move_on_at(self.deadline):
+            await self._ended.wait()

@@ -120,6 +120,19 @@ class RelaySession(Session):
                 began = trio.current_time()
         return b"".join(replies)
 
+    def _writes(self, name: str, argv: list[bytes]) -> bool:
+        """Whether a command may write (CLIENT PAUSE WRITE holds it): EXEC if one of its
+        queued commands may."""
+        if name == "exec":
+            return any(self._writes(queued[0].lower().decode("latin-1"), queued)
+                       for _, queued in self.queued)
+        if name in FANOUT:
+            return name in ("flushall", "flushdb", "swapdb", "function", "script")
+        if name in ("eval", "evalsha", "fcall"):
+            return True  # as Redis, a script may write unless it is a *_RO one
+        info = self.engine.table.lookup(argv)
+        return info is not None and bool({"write", "may_replicate"} & info.flags)
+
     async def _guarded_run(self, run: list[tuple[int, list[bytes], list[bytes]]]) -> list[Any]:
         index = run[0][0]
         engine = self.engine
@@ -135,7 +148,7 @@ class RelaySession(Session):
     def _plain_run(self, batch: list[list[bytes]], start: int) -> list[tuple[int, list[bytes], list[bytes]]]:
         """The commands from batch[start] on that go through the guard of one shard (no
         front state involved, keys known); empty if batch[start] is not one of them."""
-        if (self.in_multi or not self.authenticated or self.muted
+        if (self.in_multi or not self.authenticated or self.muted or self.server.pause.active
                 or (self.pubsub is not None and self.pubsub.active)):
             return []
         engine = self.engine
@@ -175,6 +188,8 @@ class RelaySession(Session):
             if (self.pubsub is not None and self.pubsub.active
                     and (self.proto == 2 or name in PUBSUB or name in ("quit", "reset"))):
                 return await self.pubsub.command(self, name, argv)
+            if self.server.pause.active and name not in LOCAL:
+                await self.server.pause.wait_writes(self._writes(name, argv))
             if name in TRANSACTION:
                 return await self._transaction_command(name, argv)
             if self.in_multi:
@@ -374,6 +389,10 @@ class RelaySession(Session):
     async def _info(self, argv: list[bytes]) -> Any:
         """The front's INFO, with the shards' keyspace summed."""
         local = await self.execute(argv)
+        blocked = self.engine.notifier.blocked
+        if isinstance(local, Verbatim) and blocked:
+            local = Verbatim(local.text.replace(b"\r\nblocked_clients:0\r\n",
+                                                b"\r\nblocked_clients:%d\r\n" % blocked))
         if not isinstance(local, Verbatim) or b"# Keyspace" not in local.text:
             return local
         counts: dict[str, tuple[int, int]] = {}

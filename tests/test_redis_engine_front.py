@@ -202,3 +202,21 @@ def test_keyspace_notifications_of_every_shard_reach_a_subscriber(rr: redis.Redi
     finally:
         subscriber.close()
         rr.config_set("notify-keyspace-events", "")
+
+
+def test_client_pause_write_holds_writes_through_the_front_and_lets_reads_by(
+    rr: redis.Redis, dtm_redis: DtmProcess,
+) -> None:
+    rr.set("paused:k", "before")
+    writer = redis.Redis(port=dtm_redis.port, protocol=2)
+    try:
+        assert rr.execute_command("CLIENT", "PAUSE", "300", "WRITE") == b"OK"
+        began = time.monotonic()
+        assert writer.get("paused:k") == b"before"  # a read is not held
+        assert time.monotonic() - began < 0.25
+        writer.set("paused:k", "after")  # held until the pause ends
+        assert time.monotonic() - began >= 0.25
+        assert writer.get("paused:k") == b"after"
+    finally:
+        rr.execute_command("CLIENT", "UNPAUSE")
+        writer.close()

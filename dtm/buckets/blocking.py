@@ -82,26 +82,33 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
     db = session.db.index
     deadline = math.inf if not timeout or timeout < 0 else trio.current_time() + timeout
     notifier: Notifier = engine.notifier
+    blocked = False
     with notifier.watching(db, keys) as wait:
         await wait.ready()
-        while True:
-            reply = await _attempt(session, info, argv, keys, homes)
-            if timeout is None or timeout < 0 or not is_nothing(reply) or reply.data.startswith(b"-"):
-                return reply
-            left = deadline - trio.current_time()
-            if left <= 0:
-                return _NULL_BULK if name in ("blmove", "brpoplpush") else _NULL_ARRAY
-            with trio.move_on_after(min(left, RETRY_EVERY)):
-                await wait.changed()
+        try:
+            while True:
+                reply = await _attempt(session, info, argv, keys, homes)
+                if timeout is None or timeout < 0 or not is_nothing(reply) or reply.data.startswith(b"-"):
+                    return reply
+                left = deadline - trio.current_time()
+                if left <= 0:
+                    return _NULL_BULK if name in ("blmove", "brpoplpush") else _NULL_ARRAY
+                if not blocked:
+                    blocked = True
+                    notifier.blocked += 1
+                with trio.move_on_after(min(left, RETRY_EVERY)):
+                    await wait.changed()
+        finally:
+            if blocked:
+                notifier.blocked -= 1
 
 
 async def _attempt(session: RelaySession, info: CommandInfo, argv: list[bytes],
                    keys: list[bytes], homes: set[int]) -> Raw:
     engine = session.engine
-    # Redis 7.0 flags BLPOP and its kin noscript: on one shard they would take the
-    # exclusive path, whose raw command blocks the shared shard link for its timeout.
-    # The across path runs it inside MULTI, where it never blocks.
-    if len(homes) == 1 and "noscript" not in info.flags:
+    # On one shard: the guard, or (Redis 7.0 flags BLPOP and its kin noscript) the
+    # exclusive path, which runs it inside MULTI, where it never blocks.
+    if len(homes) == 1:
         return await session.on_one_shard(next(iter(homes)), info, argv, keys)
     reply = await engine.across(session.db.index, keys, [argv], writes=True, proto=session.proto)
     assert reply is not None
@@ -152,6 +159,7 @@ class Notifier:
 
     def __init__(self, engine: RedisEngine) -> None:
         self.engine = engine
+        self.blocked = 0  # clients of this front waiting now: INFO's blocked_clients
         self._waiters: dict[tuple[int, bytes], set[Waiter]] = {}  # by (shard, channel)
         self._wanted: list[set[bytes]] = [set() for _ in engine.shards]
         self._kick = [trio.Event() for _ in engine.shards]

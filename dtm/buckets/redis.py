@@ -226,14 +226,17 @@ class RedisEngine:
 
     async def exclusive(self, index: int, db: int, locks: Sequence[DbKey],
                         argv: Sequence[Arg], proto: int = 2) -> Raw:
-        """argv as it is on one shard, with its keys locked meanwhile."""
+        """argv as it is on one shard (in MULTI), with its keys locked meanwhile."""
         while True:
             try:
                 txn = await self.lock({index: list(locks)})
             except TransactionAborted:
                 continue
             try:
-                return (await self.raw(index, db, [argv], proto))[0]
+                # Inside MULTI: a blocking command answers at once instead of holding the
+                # link shared with every other client of this front.
+                replies = await self.raw(index, db, [("MULTI",), argv, ("EXEC",)], proto)
+                return exec_item(replies[2])
             finally:
                 with trio.CancelScope(shield=True):
                     await self.release(txn)
