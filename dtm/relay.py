@@ -23,7 +23,7 @@ from dtm.buckets.blocking import NOTIFY_FLAGS
 from dtm.buckets.pool import DedicatedConnection
 from dtm.buckets.pubsub import PubSubRelay
 from dtm.buckets.redis import WIDE_INTEGER_REPLIES, TransactionAborted, exec_item, parse
-from dtm.buckets.scripts import MAX_ARGS
+from dtm.buckets.scripts import MAX_ARGS, USER_DATABASES
 from dtm.commands.table import unknown_command
 from dtm.config import REDIS_NAMES
 from dtm.errors import NOAUTH, CommandError, err
@@ -71,6 +71,23 @@ NULL_ARRAY_REPLIES: Final = frozenset({"lpop", "rpop", "lmpop", "zmpop", "xread"
 
 # Whether a command (by full name) may go through the guard in a pipelined run.
 _GUARDED: dict[str, bool] = {}
+
+
+def key_pairs(name: str, argv: list[bytes], keys: list[bytes], db: int) -> list[tuple[int, bytes]]:
+    """The (database, key) pairs a command touches: its keys in db, but MOVE's key also
+    in its target database and COPY … DB's destination in that database."""
+    pairs = [(db, key) for key in keys]
+    if name == "move" and len(argv) == 3 and keys:
+        target = parse_int(argv[2])
+        if target is not None and 0 <= target < USER_DATABASES:
+            pairs.append((target, keys[0]))
+    elif name == "copy" and len(keys) == 2:
+        for i in range(3, len(argv) - 1):
+            if argv[i].lower() == b"db":
+                target = parse_int(argv[i + 1])
+                if target is not None and 0 <= target < USER_DATABASES:
+                    pairs[1] = (target, keys[1])
+    return pairs
 
 
 class RelaySession(Session):
@@ -232,18 +249,23 @@ class RelaySession(Session):
         homes = {engine.shard_of(key) for key in keys}
         if "blocking" in info.flags:
             return await blocking.run(self, info, argv, keys, homes)
+        pairs = key_pairs(info.name, argv, keys, db)
         if len(homes) == 1:
-            return await self.on_one_shard(homes.pop(), info, argv, keys)
+            index = homes.pop()
+            if any(pair_db != db for pair_db, _ in pairs):
+                # MOVE, COPY … DB: the key in the other database is locked too.
+                return await engine.exclusive(index, db, pairs, argv, self.proto)
+            return await self.on_one_shard(index, info, argv, keys)
         # EVAL, EVALSHA and FCALL carry no "write" flag, yet write: only a readonly
         # command may skip the write-back.
-        reply = await engine.across(db, keys, [argv], writes="readonly" not in info.flags,
+        reply = await engine.across(db, pairs, [argv], writes="readonly" not in info.flags,
                                     proto=self.proto)
         assert reply is not None
         return exec_item(reply)
 
     def _user_databases_only(self, argv: list[bytes]) -> list[bytes]:
         """argv with any database index beyond the user's (MOVE, COPY … DB, SWAPDB,
-        SELECT inside MULTI) made one no shard has: databases 16 and 17 of a shard are
+        SELECT inside MULTI) made one no shard has: databases 16 to 32 of a shard are
         dtm's, and the shard then answers Redis's own "DB index is out of range"."""
         name = argv[0].lower()
         if name not in DATABASE_ARGS:
@@ -499,36 +521,32 @@ class RelaySession(Session):
     async def exec_transaction(self, db: int, queued: list[list[bytes]]) -> Any:
         engine = self.engine
         locks: dict[int, list[tuple[int, bytes]]] = {}
-        dbs = {db}
         current = db
-        keys: list[bytes] = []
+        touched: list[tuple[int, bytes]] = []
+        writes = False
         for argv in queued:
             name = argv[0].lower()
             if name == b"select":
                 index = parse_int(argv[1])
                 if index is not None and 0 <= index < self.server.config.databases:
                     current = index
-                    dbs.add(index)
                 continue
             if name in (b"ping", b"echo"):
                 continue
             info = engine.table.lookup(argv)
             assert info is not None
-            for key in await self._keys(info, argv):
-                locks.setdefault(engine.shard_of(key), []).append((current, key))
-                keys.append(key)
+            writes = writes or "readonly" not in info.flags
+            for pair in key_pairs(info.name, argv, await self._keys(info, argv), current):
+                locks.setdefault(engine.shard_of(pair[1]), []).append(pair)
+                touched.append(pair)
         for index, pairs in self.watched.items():
             locks.setdefault(index, []).extend(pairs)
+            touched += pairs
         homes = set(locks)
         if len(homes) <= 1:
             index = homes.pop() if homes else 0
             return await self._exec_on_one_shard(index, db, locks.get(index, []), queued)
-        if len(dbs) > 1:
-            raise err("dtm: a transaction across buckets must stay in one database")
-        writes = any("readonly" not in (engine.table.lookup(argv).flags)  # type: ignore[union-attr]
-                     for argv in queued if argv[0].lower() not in (b"select", b"ping", b"echo"))
-        watched_keys = [key for pairs in self.watched.values() for _, key in pairs]
-        reply = await engine.across(db, keys + watched_keys, queued, writes=writes, proto=self.proto,
+        reply = await engine.across(db, touched, queued, writes=writes, proto=self.proto,
                                     before_run=self._watches_hold)
         return Raw(b"*-1\r\n") if reply is None else reply
 

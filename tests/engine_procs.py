@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from bench.processes import StartError, free_port, stop, wait_listening
+from dtm.buckets.scripts import DATABASES_NEEDED
 from dtm.slots import key_slot, slot_owners
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ class RedisShard:
 
     def start(self) -> None:
         args = [need_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.dir), "--databases", "18", "--save", "",
+                "--dir", str(self.dir), "--databases", str(DATABASES_NEEDED), "--save", "",
                 "--logfile", str(self.dir / "redis.log"),
                 "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

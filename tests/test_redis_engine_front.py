@@ -220,3 +220,37 @@ def test_client_pause_write_holds_writes_through_the_front_and_lets_reads_by(
     finally:
         rr.execute_command("CLIENT", "UNPAUSE")
         writer.close()
+
+
+def test_transactions_and_copies_across_buckets_and_databases_land_every_key_at_home(
+    rr: redis.Redis, dtm_redis: DtmProcess,
+) -> None:
+    first, second = spread("dbs:", 2)
+    rr.set(first, "A")
+    rr.set(second, "B")
+    assert rr.copy(first, second, destination_db=3) is True  # across buckets, into db 3
+    transaction = rr.pipeline(transaction=True)
+    transaction.set(first, "x")
+    transaction.execute_command("SELECT", 2)
+    transaction.set(second, "y")
+    transaction.execute_command("SELECT", 0)
+    transaction.move(second, 5)
+    assert transaction.execute() == [True, True, True, True, True]
+    views = {db: redis.Redis(port=dtm_redis.port, db=db, protocol=2) for db in (0, 2, 3, 5)}
+    try:
+        assert views[0].mget(first, second) == [b"x", None]
+        assert views[2].get(second) == b"y"
+        assert views[3].get(second) == b"A"
+        assert views[5].get(second) == b"B"
+    finally:
+        for view in views.values():
+            view.close()
+    # Each key is on its own bucket's shard only, and no scratch copy is left behind.
+    for index in range(8):
+        client = shard(dtm_redis, index)
+        try:
+            keyspace = client.info("keyspace")
+        finally:
+            client.close()
+        for name in keyspace:
+            assert int(name[2:]) < 17, f"shard {index} kept scratch keys in {name}"

@@ -1,4 +1,4 @@
-"""dtm/buckets/scripts.py against real redis-server processes (``databases 18``): the
+"""dtm/buckets/scripts.py against real redis-server processes (``databases 33``): the
 guard, prepare, decide, commit and abort scripts, resolve, and a two-shard transfer."""
 
 from __future__ import annotations

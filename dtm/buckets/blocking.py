@@ -110,7 +110,9 @@ async def _attempt(session: RelaySession, info: CommandInfo, argv: list[bytes],
     # exclusive path, which runs it inside MULTI, where it never blocks.
     if len(homes) == 1:
         return await session.on_one_shard(next(iter(homes)), info, argv, keys)
-    reply = await engine.across(session.db.index, keys, [argv], writes=True, proto=session.proto)
+    db = session.db.index
+    reply = await engine.across(db, [(db, key) for key in keys], [argv], writes=True,
+                                proto=session.proto)
     assert reply is not None
     return exec_item(reply)
 

@@ -43,13 +43,14 @@ from dtm.buckets.scripts import (
     ABORT,
     COMMIT,
     SCRATCH_DB,
+    USER_DATABASES,
     Decided,
     Locked,
     Outcome,
     Prepared,
 )
 from dtm.buckets.shard import RedisBucket, stopped_by_lock
-from dtm.resp import Raw
+from dtm.resp import Raw, parse_int
 from dtm.slots import key_slot, slot_owners
 
 log = structlog.get_logger("dtm.engine")
@@ -243,17 +244,17 @@ class RedisEngine:
 
     # ------------------------------------------------------------ across shards
 
-    async def across(self, db: int, keys: Sequence[bytes], commands: Sequence[Sequence[Arg]],
+    async def across(self, db: int, pairs: Sequence[DbKey], commands: Sequence[Sequence[Arg]],
                      *, writes: bool, proto: int = 2,
                      before_run: Callable[[], Awaitable[bool]] | None = None) -> Raw | None:
-        """Run commands (as one MULTI/EXEC) atomically over keys of several shards: EXEC's
-        raw reply, or None when before_run (called under the locks) says not to run."""
-        distinct = list(dict.fromkeys(keys))
-        homes: dict[int, list[bytes]] = {}
-        for key in distinct:
-            homes.setdefault(self.shard_of(key), []).append(key)
+        """Run commands (as one MULTI/EXEC, starting in database db) atomically over the
+        (database, key) pairs they touch on several shards: EXEC's raw reply, or None
+        when before_run (called under the locks) says not to run."""
+        homes: dict[int, list[DbKey]] = {}
+        for pair in dict.fromkeys(pairs):
+            homes.setdefault(self.shard_of(pair[1]), []).append(pair)
         while True:
-            txn = await self.lock({i: [(db, k) for k in ks] for i, ks in homes.items()})
+            txn = await self.lock(homes)
             try:
                 if before_run is not None and not await before_run():
                     return None
@@ -264,53 +265,57 @@ class RedisEngine:
                 with trio.CancelScope(shield=True):
                     await self.release(txn)
 
-    async def _run_locked(self, txn: Transaction, db: int, homes: dict[int, list[bytes]],
+    async def _run_locked(self, txn: Transaction, db: int, homes: dict[int, list[DbKey]],
                           commands: Sequence[Sequence[Arg]], writes: bool, proto: int) -> Raw:
         # 1. Every key's value and expiry, from its home.
         async def fetch(index: int) -> list[Any]:
-            keys = homes[index]
             asked: list[Sequence[Arg]] = []
-            for key in keys:
-                asked += (("DUMP", key), ("PEXPIRETIME", key))
-            replies = await self.raw(index, db, asked)
-            return [parse(r) for r in replies]
+            for key_db, key in homes[index]:
+                asked += (("SELECT", key_db), ("DUMP", key), ("PEXPIRETIME", key))
+            replies = await self.raw(index, 0, [*asked, ("SELECT", 0)])
+            return [parse(r) for i, r in enumerate(replies[:-1]) if i % 3]
 
         order = sorted(homes)
         fetched = await each(lambda i: fetch(i), order)
-        before: dict[bytes, tuple[bytes | None, int]] = {}
+        before: dict[DbKey, tuple[bytes | None, int]] = {}
         for index, values in zip(order, fetched):
-            for position, key in enumerate(homes[index]):
+            for position, pair in enumerate(homes[index]):
                 payload, expires = values[2 * position], values[2 * position + 1]
-                before[key] = (payload, expires if isinstance(expires, int) and expires > 0 else 0)
-        # 2. Run there, in the scratch database of the primary.
-        keys = list(before)
-        script: list[Sequence[Arg]] = [("SELECT", SCRATCH_DB)]
-        for key, (payload, expires) in before.items():
+                before[pair] = (payload, expires if isinstance(expires, int) and expires > 0 else 0)
+        # 2. Run there, in the scratch databases of the primary (one per user database,
+        #    so the commands' SELECT, MOVE and COPY … DB keep their meaning).
+        pairs = list(before)
+        script: list[Sequence[Arg]] = []
+        for (key_db, key), (payload, expires) in before.items():
+            script.append(("SELECT", scratch(key_db)))
             script.append(("RESTORE", key, expires, payload, "REPLACE", "ABSTTL")
                           if payload is not None else ("DEL", key))
-        script.append(("MULTI",))
-        script += commands
+        script += (("SELECT", scratch(db)), ("MULTI",))
+        script += [in_scratch(command) for command in commands]
         script.append(("EXEC",))
         ran = len(script) - 1
-        if writes:
-            for key in keys:
+        dumped = []  # where each pair's DUMP reply is
+        for key_db, key in pairs:
+            script.append(("SELECT", scratch(key_db)))
+            if writes:
+                dumped.append(len(script))
                 script += (("DUMP", key), ("PEXPIRETIME", key))
-        script += (("DEL", *keys), ("SELECT", 0))
+            script.append(("DEL", key))
+        script.append(("SELECT", 0))
         replies = await self.shards[txn.primary].raw(0, script, proto)
         reply = replies[ran]
         if not writes:
             return reply
         # 3. What changed goes home as each shard's intent; decide; commit.
-        after = [parse(r) for r in replies[ran + 1: ran + 1 + 2 * len(keys)]]
         intents: dict[int, list[tuple[int, Sequence[Arg]]]] = {}
-        for position, key in enumerate(keys):
-            payload, expires = after[2 * position], after[2 * position + 1]
+        for (key_db, key), at in zip(pairs, dumped):
+            payload, expires = parse(replies[at]), parse(replies[at + 1])
             expires = expires if isinstance(expires, int) and expires > 0 else 0
-            if (payload, expires) == before[key] or isinstance(payload, ShardError):
+            if (payload, expires) == before[(key_db, key)] or isinstance(payload, ShardError):
                 continue
             write: Sequence[Arg] = (("RESTORE", key, expires, payload, "REPLACE", "ABSTTL")
                                     if payload is not None else ("DEL", key))
-            intents.setdefault(self.shard_of(key), []).append((db, write))
+            intents.setdefault(self.shard_of(key), []).append((key_db, write))
         if not intents:
             return reply
         await each(lambda i: self._prepare(txn, i, [], intents[i]), intents)
@@ -352,6 +357,36 @@ def fault(point: str) -> None:
     if point in _FAULTS:
         log.warning("fault point reached: killing this front", point=point)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def scratch(db: int) -> int:
+    """The scratch database that stands for user database db during a transaction."""
+    return SCRATCH_DB + db
+
+
+def in_scratch(command: Sequence[Arg]) -> Sequence[Arg]:
+    """command with the user databases it names (SELECT n, MOVE key n, COPY … DB n) as
+    their scratch databases; an index no user database has stays as it is (the shard
+    answers it is out of range)."""
+    head = command[0]
+    name = head.lower() if isinstance(head, bytes) else str(head).lower().encode()
+    positions: list[int] = []
+    if name == b"select" and len(command) == 2:
+        positions = [1]
+    elif name == b"move" and len(command) == 3:
+        positions = [2]
+    elif name == b"copy":
+        positions = [i + 1 for i, arg in enumerate(command[:-1])
+                     if i >= 3 and isinstance(arg, bytes) and arg.lower() == b"db"]
+    if not positions:
+        return command
+    rewritten = list(command)
+    for i in positions:
+        value = command[i]
+        index = parse_int(value) if isinstance(value, bytes) else None
+        if index is not None and 0 <= index < USER_DATABASES:
+            rewritten[i] = scratch(index)
+    return rewritten
 
 
 def primary_of(txid: str) -> int | None:

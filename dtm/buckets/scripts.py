@@ -40,9 +40,12 @@ import trio
 from dtm.buckets.address import Arg, ShardError
 from dtm.buckets.link import ShardLink
 
-META_DB: Final = 16  # locks, intents, decisions (and the checkpoint cut, later)
-SCRATCH_DB: Final = 17  # keys brought in from other shards; not used by these scripts
-DATABASES_NEEDED: Final = 18
+USER_DATABASES: Final = 16  # 0-15: the user's
+META_DB: Final = 16  # locks, intents, decisions, the checkpoint's barrier and cut
+# 17-32: keys of user database n brought in from other shards go to SCRATCH_DB + n while
+# a command spanning shards runs (not used by these scripts).
+SCRATCH_DB: Final = 17
+DATABASES_NEEDED: Final = SCRATCH_DB + USER_DATABASES
 DECISION_TTL: Final = 86400  # seconds a decision outlives its transaction, for resolvers
 UNLOCKED_CHANNEL: Final = "dtm:unlocked"
 BARRIER_KEY: Final = "dtm:barrier"  # in META_DB: a checkpoint holds commit decisions back
