@@ -17,16 +17,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from dtm.buckets import blocking, settings
+from dtm.buckets import blocking
 from dtm.buckets.address import ShardError, ShardUnavailable
 from dtm.buckets.blocking import NOTIFY_FLAGS
 from dtm.buckets.pool import DedicatedConnection
 from dtm.buckets.pubsub import PubSubRelay
 from dtm.buckets.redis import WIDE_INTEGER_REPLIES, TransactionAborted, exec_item, parse
 from dtm.buckets.scripts import MAX_ARGS, USER_DATABASES
+from dtm.commands.server import _config_values
 from dtm.commands.table import unknown_command
 from dtm.config import REDIS_NAMES
-from dtm.errors import NOAUTH, CommandError, err
+from dtm.errors import DB_RANGE, NOAUTH, CommandError, err
 from dtm.resp import Raw, Verbatim, encode, parse_int
 from dtm.session import AUTH_FREE, BATCH_BUDGET, Session
 
@@ -216,8 +217,6 @@ class RelaySession(Session):
                     return await self._info(argv)
                 if name == "config" and len(argv) > 2 and argv[1].lower() in (b"get", b"set"):
                     return await self._config(argv)
-                if name == "config":
-                    return await settings.config(self, argv)
                 return await self.execute(argv)
             if name in FANOUT:
                 return await self._fanout(name, argv)
@@ -306,11 +305,11 @@ class RelaySession(Session):
 
     # ---------------------------------------------------------- whole keyspace
 
-    async def _fanout(self, name: str, argv: list[bytes]) -> Any:
+    async def _fanout(self, name: str, argv: list[bytes], db: int | None = None) -> Any:
         engine = self.engine
-        db = self.db.index
+        db = self.db.index if db is None else db
         if name == "scan":
-            return await self._scan(argv)
+            return await self._scan(argv, db)
         if name == "randomkey":
             if len(argv) != 1:
                 return (await engine.raw(0, db, [argv], self.proto))[0]
@@ -357,6 +356,13 @@ class RelaySession(Session):
         pairs = [(argv[i], argv[i + 1]) for i in range(2, len(argv), 2)]
         front = [pair for pair in pairs if pair[0].decode("latin-1").lower() in FRONT_SETTINGS]
         shards = [pair for pair in pairs if pair not in front]
+        # A front setting given the value it has (the TCL suite's `save ""`) changes
+        # nothing, as in Redis, even where dtm decides it (save, appendonly: the mode).
+        current = _config_values(self)
+        front = [(name, value) for name, value in front
+                 if current.get(name.decode("latin-1").lower()) != value.decode("latin-1")]
+        if not front and not shards:
+            return "OK"
         if front:
             reply = await self.execute([argv[0], argv[1], *(x for pair in front for x in pair)])
             if isinstance(reply, CommandError) or not shards:
@@ -389,7 +395,7 @@ class RelaySession(Session):
             await self.engine.raw(index, 0, commands)
         return "OK"
 
-    async def _scan(self, argv: list[bytes]) -> Any:
+    async def _scan(self, argv: list[bytes], db: int) -> Any:
         """One cursor over every shard: the shard's own cursor times the shard count,
         plus the shard's index."""
         engine = self.engine
@@ -398,7 +404,7 @@ class RelaySession(Session):
         if cursor is None or cursor >= 1 << 64:
             raise err("invalid cursor")
         index, inner = cursor % count, cursor // count
-        reply = parse((await engine.raw(index, self.db.index, [[argv[0], str(inner).encode(), *argv[2:]]]))[0])
+        reply = parse((await engine.raw(index, db, [[argv[0], str(inner).encode(), *argv[2:]]]))[0])
         if isinstance(reply, ShardError):
             raise CommandError(str(reply))
         following, keys = int(reply[0]), reply[1]
@@ -457,13 +463,13 @@ class RelaySession(Session):
             if not self.in_multi:
                 raise err("DISCARD without MULTI")
             self.discard_multi()
-            self.unwatch()
+            await self._release_watches()
             return "OK"
         if name == "unwatch":
             if len(argv) != 1:
                 raise err("wrong number of arguments for 'unwatch' command")
             if not self.in_multi:
-                self.unwatch()
+                await self._release_watches()
             return "OK"
         if name == "watch":
             if len(argv) < 2:
@@ -489,20 +495,20 @@ class RelaySession(Session):
         try:
             return await self.exec_transaction(db, queued)
         finally:
-            self.unwatch()
+            with trio.CancelScope(shield=True):
+                await self._release_watches()
 
     def _queue_relayed(self, name: str, argv: list[bytes]) -> Any:
         engine = self.engine
         if name in QUEUEABLE_LOCAL:
             pass
-        elif name in LOCAL or name in FANOUT or name in PUBSUB:
+        elif name in FANOUT:
+            pass  # EXEC then holds every shard (exec_holding_everything)
+        elif name in LOCAL or name in PUBSUB:
             self.multi_error = True
             if name in ("subscribe", "psubscribe", "ssubscribe"):
                 return err("Command not allowed inside a transaction")
-            if len(engine.shards) > 1 and name in FANOUT:
-                return err(f"dtm: '{name}' is not available inside MULTI with several buckets")
-            if name not in FANOUT:
-                return err(f"dtm: '{name}' is not available inside MULTI on the redis engine")
+            return err(f"dtm: '{name}' is not available inside MULTI on the redis engine")
         else:
             info = engine.table.lookup(argv)
             if info is None:
@@ -520,6 +526,8 @@ class RelaySession(Session):
 
     async def exec_transaction(self, db: int, queued: list[list[bytes]]) -> Any:
         engine = self.engine
+        if any(argv[0].lower().decode("latin-1") in FANOUT for argv in queued):
+            return await self.exec_holding_everything(db, queued)
         locks: dict[int, list[tuple[int, bytes]]] = {}
         current = db
         touched: list[tuple[int, bytes]] = []
@@ -549,6 +557,54 @@ class RelaySession(Session):
         reply = await engine.across(db, touched, queued, writes=writes, proto=self.proto,
                                     before_run=self._watches_hold)
         return Raw(b"*-1\r\n") if reply is None else reply
+
+    async def exec_holding_everything(self, db: int, queued: list[list[bytes]]) -> Any:
+        """A transaction with whole-keyspace commands (FLUSHDB, KEYS, DBSIZE, …): this
+        front holds every shard (no command with keys runs anywhere meanwhile, and the
+        transactions holding locks have finished) and runs the commands one by one."""
+        engine = self.engine
+        txn = await engine.lock_everything()
+        try:
+            if self.watching and not await self._watches_hold():
+                return Raw(b"*-1\r\n")
+            parts = []
+            current = db
+            for argv in queued:
+                name = argv[0].lower().decode("latin-1")
+                if name == "select":
+                    index = parse_int(argv[1])
+                    if index is not None and 0 <= index < self.server.config.databases:
+                        current = index
+                        parts.append(b"+OK\r\n")
+                    else:
+                        parts.append(encode(DB_RANGE, self.proto))
+                    continue
+                try:
+                    reply = await self._run_held(name, argv, current)
+                except CommandError as exc:
+                    reply = exc
+                parts.append(encode(reply, self.proto))
+            return Raw(b"*%d\r\n" % len(parts) + b"".join(parts))
+        finally:
+            with trio.CancelScope(shield=True):
+                await engine.release_everything(txn)
+
+    async def _run_held(self, name: str, argv: list[bytes], db: int) -> Any:
+        """One command of exec_holding_everything, while every shard is held."""
+        engine = self.engine
+        if name in FANOUT:
+            return await self._fanout(name, argv, db)
+        info = engine.table.lookup(argv)
+        keys = [] if info is None or name in ("ping", "echo") else await self._keys(info, argv)
+        if not keys:
+            return (await engine.raw(0, db, [argv], self.proto))[0]
+        assert info is not None
+        pairs = key_pairs(info.name, argv, keys, db)
+        homes = {engine.shard_of(key) for key in keys}
+        if len(homes) == 1:
+            replies = await engine.raw(homes.pop(), db, [("MULTI",), argv, ("EXEC",)], self.proto)
+            return exec_item(replies[2])
+        return exec_item(await engine.while_holding_everything(db, pairs, [argv], self.proto))
 
     async def _exec_on_one_shard(self, index: int, db: int, locks: list[tuple[int, bytes]],
                                  queued: list[list[bytes]]) -> Any:
@@ -596,6 +652,16 @@ class RelaySession(Session):
             if not replies[-1].data.startswith(b"+OK"):
                 raise CommandError(replies[-1].data[1:-2].decode())
             self.watched.setdefault(index, []).extend((db, key) for key in shard_keys)
+
+    async def _release_watches(self) -> None:
+        """Unwatch everything, keeping the connections for the next WATCH (the pool
+        RESETs them)."""
+        watching = list(self.watching.items())
+        self.watching.clear()
+        self.watched.clear()
+        for index, conn in watching:
+            await self.engine.shards[index].give_back(conn, self.proto)
+        super().unwatch()
 
     def unwatch(self) -> None:
         for conn in self.watching.values():

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("dtm.modes")
 
+BUSY_WAIT = 60.0  # seconds a shutdown waits for another front's checkpoint to end
+
 
 class ShardMode:
     waits_for_commit = False
@@ -100,10 +102,17 @@ class ShardMode:
 
     async def shutdown(self, server: Server, *, save: bool | None) -> None:
         if save or (save is None and self.name == "checkpoint"):
-            try:
-                await self._checkpoint()
-            except (CheckpointBusy, CheckpointFailed) as exc:
-                raise FinalSaveFailed(str(exc)) from None
+            # Another front's checkpoint may be running: wait for it, then take ours.
+            with trio.move_on_after(BUSY_WAIT):
+                while True:
+                    try:
+                        await self._checkpoint()
+                        return
+                    except CheckpointBusy:
+                        await trio.sleep(0.05)
+                    except CheckpointFailed as exc:
+                        raise FinalSaveFailed(str(exc)) from None
+            raise FinalSaveFailed("another checkpoint kept running")
 
     def last_save(self) -> int:
         return self.stats.last_ok_time

@@ -4,11 +4,13 @@ between the front and the shards, and the shard topology every front must agree 
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -254,3 +256,61 @@ def test_transactions_and_copies_across_buckets_and_databases_land_every_key_at_
             client.close()
         for name in keyspace:
             assert int(name[2:]) < 17, f"shard {index} kept scratch keys in {name}"
+
+
+def test_transactions_with_whole_keyspace_commands_hold_every_shard(
+    rr: redis.Redis, dtm_redis: DtmProcess,
+) -> None:
+    """MULTI with DBSIZE/KEYS/FLUSHDB across buckets: while it runs nothing else does,
+    so it sees a state between whole transfers, and transfers (through locks that must
+    yield to it) neither deadlock nor tear."""
+    accounts = spread("whole:")
+    rr.mset(dict.fromkeys(accounts, 100))
+    total = 100 * len(accounts)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def transfers(seed: int) -> None:
+        client = redis.Redis(port=dtm_redis.port, protocol=2, socket_timeout=20)
+        rng = random.Random(seed)
+        try:
+            while not stop.is_set():
+                source, target = rng.sample(accounts, 2)
+                transaction = client.pipeline(transaction=True)
+                transaction.decrby(source, 1)
+                transaction.incrby(target, 1)
+                transaction.execute()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=transfers, args=(seed,), daemon=True) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(15):
+            snapshot = rr.pipeline(transaction=True)
+            snapshot.mget(accounts)
+            snapshot.dbsize()
+            snapshot.keys("whole:*")
+            values, size, names = snapshot.execute()
+            assert sum(int(value) for value in values) == total
+            assert size == len(accounts) and sorted(names) == sorted(a.encode() for a in accounts)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert not failures, failures[0]
+    assert sum(int(value) for value in rr.mget(accounts)) == total
+    reset = rr.pipeline(transaction=True)
+    reset.flushdb()
+    reset.set("after-flush", 1)
+    reset.dbsize()
+    assert reset.execute() == [True, True, 1]
+    for index in range(8):  # every lock, intent and lease went with it
+        meta = shard(dtm_redis, index, META_DB)
+        try:
+            assert sorted(meta.keys()) == [b"dtm:bucket"]
+        finally:
+            meta.close()

@@ -29,11 +29,10 @@ import trio
 
 from dtm.buckets.address import Arg, ShardError
 from dtm.buckets.redis import RedisEngine, each, parse, primary_of
-from dtm.buckets.scripts import BARRIER_KEY, COMMIT, CUT_KEY
+from dtm.buckets.scripts import BARRIER_KEY, COMMIT, CUT_KEY, LEASE_KEY
 
 log = structlog.get_logger("dtm.checkpoint")
 
-LEASE_KEY: Final = "dtm:checkpoint"
 LEASE_MS: Final = 60_000
 BARRIER_MS: Final = 10_000  # a dead coordinator's barrier lapses after this
 POLL: Final = 0.002
@@ -58,7 +57,7 @@ class CheckpointStats:
 
 
 async def _meta(engine: RedisEngine, index: int, *command: Arg) -> Any:
-    return await engine.shards[index].meta(command)
+    return await engine.shards[index].control_meta(command)
 
 
 async def checkpoint(engine: RedisEngine, stats: CheckpointStats,
@@ -181,13 +180,7 @@ async def _drain_commits(engine: RedisEngine, index: int) -> None:
     """Until no transaction decided to commit still has its intent on this shard (those
     undecided are held at decide by the barrier). A lapsed one is finished here."""
     while True:
-        cursor, pending = b"0", []
-        while True:
-            cursor, names = await _meta(engine, index, "SCAN", cursor, "MATCH", "dtm:intent:*",
-                                        "COUNT", 1000)
-            pending += [name[len(b"dtm:intent:"):].decode() for name in names]
-            if cursor == b"0":
-                break
+        pending = await engine.shards[index].transactions()
         decided = []
         for txid in pending:
             primary = primary_of(txid)
@@ -209,8 +202,7 @@ async def _drain_commits(engine: RedisEngine, index: int) -> None:
 
 async def cuts(engine: RedisEngine) -> list[bytes | None]:
     """Each shard's cut id (None: never checkpointed)."""
-    return await each(lambda i: _meta(engine, i, "GET", CUT_KEY)
-                      , range(len(engine.shards)))
+    return await each(lambda i: _meta(engine, i, "GET", CUT_KEY), range(len(engine.shards)))
 
 
 __all__ = ["CheckpointBusy", "CheckpointFailed", "CheckpointStats", "checkpoint", "cuts", "parse"]

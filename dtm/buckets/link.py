@@ -79,7 +79,7 @@ class ShardLink:
 
     address: ShardAddress
     connect_timeout: float = 5.0
-    max_idle: int = 4  # dedicated connections kept for reuse
+    max_idle: int = 64  # dedicated connections kept for reuse (WATCHing clients take one each)
     resp3: bool = False  # speak RESP3 (HELLO 3 on every connection): replies as RESP3 clients get them
     writes: int = attrs.field(default=0, init=False)  # socket writes: one per round
     connects: int = attrs.field(default=0, init=False)

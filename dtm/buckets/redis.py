@@ -42,8 +42,10 @@ from dtm.buckets.keyspecs import CommandTable
 from dtm.buckets.scripts import (
     ABORT,
     COMMIT,
+    LEASE_KEY,
     SCRATCH_DB,
     USER_DATABASES,
+    WHOLE_SHARD,
     Decided,
     Locked,
     Outcome,
@@ -63,6 +65,9 @@ WIDE_INTEGER_REPLIES: Final = frozenset({
     "incr", "incrby", "decr", "decrby", "hincrby", "bitfield", "bitfield_ro",
     "pexpiretime", "expiretime", "pttl", "ttl", "object|freq", "object|idletime",
 })
+# Transactions that hold whole shards (whole-keyspace commands inside MULTI).
+WHOLE_PREFIX: Final = "g."
+WHOLE_LOCK: Final = "dtm:lock:all:"
 _WAIT_FIRST: Final = 0.0005
 _WAIT_MOST: Final = 0.02
 
@@ -70,6 +75,14 @@ _WAIT_MOST: Final = 0.02
 class TransactionAborted(Exception):
     """A resolver rolled this transaction back (its lease ran out): nothing of it was
     applied, and it may be tried again."""
+
+
+class YieldToWhole(Exception):
+    """A prepare met a transaction holding a whole shard (at index)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
 
 
 class Unavailable(Exception):
@@ -195,18 +208,83 @@ class RedisEngine:
         return Transaction(f"{self.front}.{next(self._serial)}.{primary}", primary)  # type: ignore[call-overload]
 
     async def lock(self, locks: dict[int, list[DbKey]]) -> Transaction:
-        """Lock every (db, key), shard by shard in bucket order."""
-        txn = self.new_transaction(locks)
+        """Lock every (db, key), shard by shard in bucket order. Meeting a transaction
+        that holds a whole shard, this lets go of everything and starts again once it is
+        gone: that transaction waits for the ones holding locks to finish."""
+        while True:
+            txn = self.new_transaction(locks)
+            try:
+                for index in sorted(locks):
+                    # Counted before the reply: a prepare whose reply is lost is released too.
+                    txn.locked.append(index)
+                    await self._prepare(txn, index, locks[index], [])
+            except YieldToWhole as whole:
+                with trio.CancelScope(shield=True):
+                    await self.release(txn)
+                await self._wait_for_whole(whole.index)
+                continue
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.release(txn)
+                raise
+            return txn
+
+    async def lock_everything(self) -> Transaction:
+        """Hold every shard (a transaction with whole-keyspace commands): no command with
+        keys runs and no transaction starts anywhere until release; returns once the
+        transactions that held locks before have finished."""
+        txn = Transaction(f"{WHOLE_PREFIX}{self.front}.{next(self._serial)}.0", 0)  # type: ignore[call-overload]
+        # No checkpoint may cut through it (its writes are applied directly, one shard
+        # after another): it holds the checkpoint lease meanwhile.
+        pause = _WAIT_FIRST
+        while await self.shards[0].control_meta(
+                ("SET", LEASE_KEY, txn.txid, "NX", "PX", self.lease_ms)) is None:
+            await trio.sleep(pause)
+            pause = min(pause * 2, _WAIT_MOST)
         try:
-            for index in sorted(locks):
-                # Counted before the reply: a prepare whose reply is lost is released too.
+            for index in range(len(self.shards)):
                 txn.locked.append(index)
-                await self._prepare(txn, index, locks[index], [])
+                await self._prepare(txn, index, [WHOLE_SHARD], [])  # type: ignore[list-item]
+            for index in range(len(self.shards)):
+                await self._drain(index, txn.txid)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self.release(txn)
+                await self.release_everything(txn)
             raise
         return txn
+
+    async def release_everything(self, txn: Transaction) -> None:
+        await self.release(txn)
+        if await self.shards[0].control_meta(("GET", LEASE_KEY)) == txn.txid.encode():
+            await self.shards[0].control_meta(("DEL", LEASE_KEY))
+
+    async def _drain(self, index: int, own: str) -> None:
+        """Until no other transaction holds locks on bucket index (finishing those past
+        their lease)."""
+        bucket = self.shards[index]
+        pause = _WAIT_FIRST
+        while True:
+            others = [txid for txid in await bucket.transactions() if txid != own]
+            if not others:
+                return
+            now = await bucket.now_ms()
+            for txid in others:
+                until = await bucket.meta(("HGET", f"dtm:intent:{txid}", "until"))
+                if until is not None and now >= int(until):
+                    await self.resolve(index, txid)
+            await trio.sleep(pause)
+            pause = min(pause * 2, _WAIT_MOST)
+
+    async def _wait_for_whole(self, index: int) -> None:
+        bucket = self.shards[index]
+        pause = _WAIT_FIRST
+        while True:
+            holder = await bucket.meta(("HMGET", WHOLE_LOCK, "tx", "until"))
+            if holder[0] is None:
+                return
+            now = await bucket.now_ms()
+            locked = Locked(holder[0].decode(), int(holder[1]), now)
+            pause = await self._wait_for(index, locked, pause)
 
     async def _prepare(self, txn: Transaction, index: int, locks: Sequence[DbKey],
                        intent: Sequence[tuple[int, Sequence[Arg]]]) -> None:
@@ -219,6 +297,9 @@ class RedisEngine:
                 return
             if isinstance(result, Decided):
                 raise TransactionAborted(txn.txid)
+            if (locks and result.txid.startswith(WHOLE_PREFIX) and not result.expired
+                    and not txn.txid.startswith(WHOLE_PREFIX)):
+                raise YieldToWhole(index)
             pause = await self._wait_for(index, result, pause)
 
     async def release(self, txn: Transaction) -> None:
@@ -267,6 +348,49 @@ class RedisEngine:
 
     async def _run_locked(self, txn: Transaction, db: int, homes: dict[int, list[DbKey]],
                           commands: Sequence[Sequence[Arg]], writes: bool, proto: int) -> Raw:
+        reply, intents = await self._in_scratch(txn.primary, db, homes, commands, writes, proto)
+        if not intents:
+            return reply
+        # 3. What changed goes home as each shard's intent; decide; commit.
+        await each(lambda i: self._prepare(txn, i, [], intents[i]), intents)
+        fault("prepared")
+        primary = self.shards[txn.primary]
+        outcome = await primary.decide(txn.txid, COMMIT)
+        if outcome == ABORT:
+            raise TransactionAborted(txn.txid)
+        fault("decided")
+        # From here on the transaction stands: commit even if this client goes away, and
+        # never release (abort) it, not even when a shard's commit fails (it died): that
+        # shard keeps its intent and a resolver rolls it forward after the lease.
+        locked, txn.locked = txn.locked, []
+        with trio.CancelScope(shield=True):
+            first, *rest = locked
+            await self.shards[first].commit(txn.txid)
+            fault("committed-one")
+            await each(lambda i: self.shards[i].commit(txn.txid), rest)
+            # Every shard applied it, so no resolver will ask for the decision again.
+            await primary.forget(txn.txid)
+        return reply
+
+    async def while_holding_everything(self, db: int, pairs: Sequence[DbKey],
+                                       commands: Sequence[Sequence[Arg]], proto: int) -> Raw:
+        """commands over keys of several shards while this front holds every shard
+        (lock_everything): run in scratch, and what changed written home at once."""
+        homes: dict[int, list[DbKey]] = {}
+        for pair in dict.fromkeys(pairs):
+            homes.setdefault(self.shard_of(pair[1]), []).append(pair)
+        reply, writes = await self._in_scratch(min(homes), db, homes, commands, True, proto)
+        await each(lambda i: self.raw(i, 0, [command for write_db, write in writes[i]
+                                              for command in (("SELECT", write_db), write)]),
+                   writes)
+        return reply
+
+    async def _in_scratch(self, primary: int, db: int, homes: dict[int, list[DbKey]],
+                          commands: Sequence[Sequence[Arg]], writes: bool,
+                          proto: int) -> tuple[Raw, dict[int, list[tuple[int, Sequence[Arg]]]]]:
+        """Run commands in the scratch databases of shard primary over copies of their
+        keys: EXEC's reply, and for each home shard the writes (RESTORE or DEL, with
+        their database) that bring what changed home."""
         # 1. Every key's value and expiry, from its home.
         async def fetch(index: int) -> list[Any]:
             asked: list[Sequence[Arg]] = []
@@ -302,11 +426,8 @@ class RedisEngine:
                 script += (("DUMP", key), ("PEXPIRETIME", key))
             script.append(("DEL", key))
         script.append(("SELECT", 0))
-        replies = await self.shards[txn.primary].raw(0, script, proto)
+        replies = await self.shards[primary].raw(0, script, proto)
         reply = replies[ran]
-        if not writes:
-            return reply
-        # 3. What changed goes home as each shard's intent; decide; commit.
         intents: dict[int, list[tuple[int, Sequence[Arg]]]] = {}
         for (key_db, key), at in zip(pairs, dumped):
             payload, expires = parse(replies[at]), parse(replies[at + 1])
@@ -316,27 +437,7 @@ class RedisEngine:
             write: Sequence[Arg] = (("RESTORE", key, expires, payload, "REPLACE", "ABSTTL")
                                     if payload is not None else ("DEL", key))
             intents.setdefault(self.shard_of(key), []).append((key_db, write))
-        if not intents:
-            return reply
-        await each(lambda i: self._prepare(txn, i, [], intents[i]), intents)
-        fault("prepared")
-        primary = self.shards[txn.primary]
-        outcome = await primary.decide(txn.txid, COMMIT)
-        if outcome == ABORT:
-            raise TransactionAborted(txn.txid)
-        fault("decided")
-        # From here on the transaction stands: commit even if this client goes away, and
-        # never release (abort) it, not even when a shard's commit fails (it died): that
-        # shard keeps its intent and a resolver rolls it forward after the lease.
-        locked, txn.locked = txn.locked, []
-        with trio.CancelScope(shield=True):
-            first, *rest = locked
-            await self.shards[first].commit(txn.txid)
-            fault("committed-one")
-            await each(lambda i: self.shards[i].commit(txn.txid), rest)
-            # Every shard applied it, so no resolver will ask for the decision again.
-            await primary.forget(txn.txid)
-        return reply
+        return reply, intents
 
     # ------------------------------------------------------------ everywhere
 

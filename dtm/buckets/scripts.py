@@ -48,8 +48,11 @@ SCRATCH_DB: Final = 17
 DATABASES_NEEDED: Final = SCRATCH_DB + USER_DATABASES
 DECISION_TTL: Final = 86400  # seconds a decision outlives its transaction, for resolvers
 UNLOCKED_CHANNEL: Final = "dtm:unlocked"
+LEASE_KEY: Final = "dtm:checkpoint"  # in META_DB of the first shard: who takes a checkpoint
 BARRIER_KEY: Final = "dtm:barrier"  # in META_DB: a checkpoint holds commit decisions back
 CUT_KEY: Final = "dtm:cut"  # in META_DB: the checkpoint this shard's data belongs to
+# The pair (db, key) whose lock holds a whole shard (its name is dtm:lock:all:).
+WHOLE_SHARD: Final = ("all", "")
 TOPOLOGY_KEY: Final = "dtm:bucket"  # in META_DB: "<index>/<count>", this shard's place
 # Lua's unpack() refuses about 8000 values; keep a margin for what else is on the stack.
 MAX_ARGS: Final = 7500
@@ -84,13 +87,14 @@ end
 """
 
 # The DTMLOCKED error text for the first of keys (in database db) that a transaction
-# has locked, or nil; run with database 16 selected.
+# has locked (or for the whole shard, locked by a transaction over the whole keyspace:
+# GLOBAL_LOCK), or nil; run with database 16 selected.
 _FIRST_LOCK = """
 local function first_lock(db, keys)
   if #keys == 0 then return nil end
   local prefix = 'dtm:lock:' .. db .. ':'
-  local names = {}
-  for i, key in ipairs(keys) do names[i] = prefix .. key end
+  local names = {'dtm:lock:all:'}
+  for i, key in ipairs(keys) do names[i + 1] = prefix .. key end
   if redis.call('EXISTS', unpack(names)) == 0 then return nil end
   for _, name in ipairs(names) do
     local lock = redis.call('HMGET', name, 'tx', 'until')
@@ -158,6 +162,14 @@ local function add(name)
   if not seen[name] then seen[name] = true; names[#names + 1] = name end
 end
 for i = 1, n do add('dtm:lock:' .. ARGV[3 + 2 * i] .. ':' .. ARGV[4 + 2 * i]) end
+if redis.call('EXISTS', intent_key) == 0 then
+  -- A transaction over the whole keyspace holds the shard: no new transaction starts
+  -- here (one already prepared may finish: the holder waits for it).
+  local whole = redis.call('HMGET', 'dtm:lock:all:', 'tx', 'until')
+  if whole[1] and whole[1] ~= txid then
+    return {'LOCKED', whole[1], tonumber(whole[2]), now}
+  end
+end
 for _, name in ipairs(names) do
   local lock = redis.call('HMGET', name, 'tx', 'until')
   if lock[1] and lock[1] ~= txid then
@@ -362,7 +374,7 @@ class ShardScripts:
                 raise
             return locked
 
-    async def prepare(self, txid: str, lease_ms: int, locks: Sequence[tuple[int, Arg]],
+    async def prepare(self, txid: str, lease_ms: int, locks: Sequence[tuple[int | str, Arg]],
                       intent: Sequence[tuple[int, Sequence[Arg]]],
                       primary: bool = False) -> Prepared | Locked | Decided:
         """Lock ``locks`` and store ``intent`` for ``txid``, all or nothing."""
@@ -371,7 +383,8 @@ class ShardScripts:
             raise ValueError("a lease must be positive")
         args: list[Arg] = [txid, lease_ms, 1 if primary else 0, len(locks)]
         for db, key in locks:
-            _check_db(db)
+            if (db, key) != WHOLE_SHARD:
+                _check_db(int(db))
             args += (db, key)
         for db, argv in intent:
             _check_db(db)

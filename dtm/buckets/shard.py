@@ -48,6 +48,10 @@ class RedisBucket:
     link: ShardLink
     scripts: ShardScripts
     link3: ShardLink | None = None  # the same shard in RESP3, for RESP3 clients' commands
+    # A connection of its own for the checkpoint's steps, so they do not queue behind
+    # the clients' commands on the shared link.
+    _control: DedicatedConnection | None = attrs.field(default=None, init=False)
+    _control_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
 
     def _link(self, proto: int) -> ShardLink:
         if proto == 3:
@@ -116,7 +120,7 @@ class RedisBucket:
                                          ("SELECT", 0), ("BGSAVE",)]
         if filename is not None:
             commands.insert(0, ("CONFIG", "SET", "dbfilename", filename))
-        replies = await self.link.pipeline(commands)
+        replies = await self.control(commands)
         if isinstance(replies[-1], ShardError):
             raise replies[-1]
         return replies[-1]
@@ -133,16 +137,48 @@ class RedisBucket:
         """A connection of its own (WATCH, a subscriber): close it when done."""
         return await self._link(proto).pool.acquire()
 
+    async def give_back(self, conn: DedicatedConnection, proto: int = 2) -> None:
+        """A connection from connection() that its user is done with: RESET and kept
+        for the next one (or closed)."""
+        await self._link(proto).pool.release(conn)
+
     async def open_stream(self) -> trio.SocketStream:
         return await self.link.address.connect(self.link.connect_timeout)
 
     async def info(self, section: str) -> dict[str, str]:
-        text = await self.link.call("INFO", section)
+        (text,) = await self.control([("INFO", section)])
         return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
 
     async def now_ms(self) -> int:
         seconds, micros = await self.link.call("TIME")
         return int(seconds) * 1000 + int(micros) // 1000
+
+    async def transactions(self) -> list[str]:
+        """The txids holding locks here (each has an intent)."""
+        found: list[str] = []
+        cursor: Any = 0
+        while True:
+            cursor, names = await self.control_meta(("SCAN", cursor, "MATCH", "dtm:intent:*",
+                                                     "COUNT", 1000))
+            found += [name[len(b"dtm:intent:"):].decode() for name in names]
+            if int(cursor) == 0:
+                return found
+
+    async def control(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """commands on the control connection, their replies parsed (errors as values)."""
+        async with self._control_lock:
+            if self._control is None or self._control.broken:
+                self._control = await self.link.pool.acquire()
+            try:
+                return await self._control.pipeline(commands)
+            except ShardUnavailable:
+                self._control.close()
+                self._control = None
+                raise
+
+    async def control_meta(self, command: Sequence[Arg]) -> Any:
+        """meta() on the control connection."""
+        return (await self.control([("SELECT", META_DB), command, ("SELECT", 0)]))[1]
 
     async def meta(self, command: Sequence[Arg]) -> Any:
         """One command in dtm's own database (locks, decisions, the cut)."""
