@@ -1,6 +1,6 @@
 """``dtm-bench``: the load generator, and ``dtm-bench compare``.
 
-    dtm-bench HOST:PORT[,HOST:PORT…] CLIENTS SECONDS WORKLOAD [options]
+    dtm-bench HOST:PORT[,HOST:PORT…] CLIENTS SECONDS WORKLOAD [--spread] [options]
     dtm-bench compare [options]
 """
 
@@ -21,10 +21,14 @@ def _bench_parser() -> argparse.ArgumentParser:
         description="Load generator for dtm and Redis: throughput, latency percentiles, "
         "aborts, errors. `dtm-bench compare --help` for the side-by-side comparison.",
     )
-    parser.add_argument("hosts", help="HOST:PORT[,HOST:PORT...]: CLIENTS connections to each")
-    parser.add_argument("clients", type=int, help="connections per host")
+    parser.add_argument("hosts", help="HOST:PORT[,HOST:PORT...]: CLIENTS connections to each "
+                        "(with --spread: CLIENTS in all, dealt round-robin)")
+    parser.add_argument("clients", type=int, help="connections per host (with --spread: in all)")
     parser.add_argument("seconds", type=float, help="measured duration")
     parser.add_argument("workload", choices=WORKLOADS)
+    parser.add_argument("--spread", action="store_true",
+                        help="the hosts are fronts of one server: deal the CLIENTS connections "
+                        "over them round-robin instead of opening CLIENTS to each")
     parser.add_argument("--pipeline", type=int, default=1, help="requests in flight per connection (get_set)")
     parser.add_argument("--keys", type=int, default=9999, help="key space size")
     parser.add_argument("--value-size", type=int, default=3, help="bytes per value")
@@ -42,10 +46,12 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 def format_text(result: dict[str, object]) -> str:
     ms = lambda us: f"{int(us) / 1000:.3f} ms"  # noqa: E731
+    per_host: dict[str, int] = result["connections_per_host"]  # type: ignore[assignment]
+    clients = (f"{sum(per_host.values())} in all, spread" if result["spread"]
+               else f"{result['clients_per_host']} per host")
     lines = [
         f"workload:          {result['workload']}  hosts: {', '.join(result['hosts'])}  "  # type: ignore[arg-type]
-        f"clients: {result['clients_per_host']} per host  pipeline: {result['pipeline']}  "
-        f"processes: {result['procs']}",
+        f"clients: {clients}  pipeline: {result['pipeline']}  processes: {result['procs']}",
         f"total requests:    {result['total_requests']}",
         f"total latency:     {int(result['total_latency_us']) / 1e6:.3f} s",  # type: ignore[call-overload]
         f"average latency:   {float(result['average_latency_us']) / 1000:.3f} ms",  # type: ignore[arg-type]
@@ -59,6 +65,10 @@ def format_text(result: dict[str, object]) -> str:
         "generator CPU:     " + ", ".join(f"{b:.0%}" for b in result["generator_cpu_busy"])  # type: ignore[attr-defined]
         + " busy per process",
     ]
+    if len(per_host) > 1:
+        rates: dict[str, float] = result["requests_per_sec_per_host"]  # type: ignore[assignment]
+        lines.append("requests/sec per host: " + ", ".join(
+            f"{host} {rates[host]} ({n} clients)" for host, n in per_host.items()))
     for sample in result["error_samples"]:  # type: ignore[attr-defined]
         lines.append(f"  error: {sample}")
     if "bank_total_ok" in result:
@@ -78,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(
             hosts=parse_hosts(args.hosts), clients=args.clients, seconds=args.seconds,
             workload=args.workload, procs=args.procs or default_procs(), warmup=args.warmup,
-            busy_threshold=args.cpu_warn,
+            busy_threshold=args.cpu_warn, spread=args.spread,
             settings=Settings(pipeline=max(1, args.pipeline), keys=max(1, args.keys),
                               value_size=max(1, args.value_size)),
         )

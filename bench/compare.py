@@ -1,12 +1,18 @@
 """``dtm-bench compare``: dtm in every mode and redis-server side by side.
 
 Starts dtm in each mode (fresh temporary data directories; checkpoint every second so
-checkpoints happen during the runs) and, where installed, redis-server without
-persistence and with ``appendfsync always``; runs the same workloads against each in
-alternating rounds, plus a client-count sweep of binlog against none that shows group
-commit at work. Prints Markdown tables and writes them (with machine, date and command
-line), the raw results and PNG charts into an output directory: ``--out DIR``, by
-default a new ``dtm-bench-compare-DATE-TIME`` in the current directory.
+checkpoints happen during the runs) on the memory engine (``dtm MODE``) and, where
+redis-server is installed, on the redis engine: one front over 8 spawned shards
+(``redis engine MODE``) and two fronts over those same shards (``redis engine MODE 2
+fronts``: the connections are dealt over both, and the table shows the rate per front
+too), and redis-server alone without persistence and with ``appendfsync always``.
+``--targets`` picks some of them. Runs the same workloads against each in alternating
+rounds, plus a client-count sweep of binlog against none (memory engine) that shows
+group commit at work. Records, for checkpoint targets, the longest checkpoint pause a
+front reported during the runs, and for every target the servers' CPU per request.
+Prints Markdown tables and writes them (with machine, date and command line), the raw
+results and PNG charts into an output directory: ``--out DIR``, by default a new
+``dtm-bench-compare-DATE-TIME`` in the current directory.
 docs/benchmarks.md and its charts change only with ``--update-docs``. Charts need
 matplotlib (``.venv/bin/pip install -e '.[bench]'``); without them they are skipped, with a line
 saying so.
@@ -15,10 +21,12 @@ saying so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +36,8 @@ from typing import Any
 
 import attrs
 
+from bench.cpu import CpuWindow, children
+from bench.pause import PausePoller
 from bench.processes import StartError, free_port, stop, wait_listening
 from bench.runner import BenchError, Plan, default_procs, run
 from bench.workloads import WORKLOADS, Settings
@@ -36,49 +46,134 @@ BEGIN = "<!-- dtm-bench compare: begin -->"
 END = "<!-- dtm-bench compare: end -->"
 
 
-@attrs.define
-class Target:
+@attrs.define(eq=False)
+class Server:
+    """One process the comparison starts (a dtm front, a redis-server)."""
+
     name: str
     command: list[str]
     port: int
+    after: Server | None = None  # started once that one listens: a front over its shards
     process: subprocess.Popen[bytes] | None = None
+
+
+@attrs.define(eq=False)
+class Target:
+    """What one row of the tables measures: the load is dealt over its fronts."""
+
+    name: str
+    fronts: list[Server]
+    pause_field: str | None = None  # INFO field of the last checkpoint's pause (ms)
+
+    @property
+    def ports(self) -> list[int]:
+        return [front.port for front in self.fronts]
+
+
+MODES: tuple[tuple[str, list[str]], ...] = (
+    ("none", []), ("binlog", []), ("checkpoint", ["--checkpoint-interval", "1"]))
+BUCKETS = 8
 
 
 def _targets(workdir: Path, with_redis: bool) -> list[Target]:
     dtm = [sys.executable, "-m", "dtm.cli", "serve", "--log-level", "warning"]
     targets = []
-    for mode, extra in (("none", []), ("binlog", []), ("checkpoint", ["--checkpoint-interval", "1"])):
+    for mode, extra in MODES:
         port = free_port()
-        targets.append(Target(f"dtm {mode}", [*dtm, "--port", str(port), "--mode", mode,
-                                               "--dir", str(workdir / mode), *extra], port))
+        server = Server(f"dtm {mode}", [*dtm, "--port", str(port), "--mode", mode,
+                                        "--dir", str(workdir / mode), *extra], port)
+        targets.append(Target(server.name, [server],
+                              "snapshot_last_pause_ms" if mode == "checkpoint" else None))
     redis = shutil.which("redis-server")
-    if with_redis and redis:
-        for name, extra in (("redis", ["--appendonly", "no"]),
-                            ("redis aof-always", ["--appendonly", "yes", "--appendfsync", "always"])):
-            port = free_port()
-            directory = workdir / name.replace(" ", "-")
-            directory.mkdir(parents=True, exist_ok=True)
-            targets.append(Target(name, [redis, "--port", str(port), "--save", "", "--dir",
-                                         str(directory), *extra], port))
+    if not with_redis or redis is None:
+        return targets
+    for mode, extra in MODES:
+        # the seed's set-up: 8 shards, spawned by the first front; the second front joins
+        # them over their unix sockets (short paths: a socket path must fit 107 bytes)
+        name = f"redis engine {mode}"
+        home = workdir / f"re-{mode}"
+        pause = "checkpoint_last_pause_ms" if mode == "checkpoint" else None
+        first_port, second_port = free_port(), free_port()
+        first = Server(name, [*dtm, "--engine", "redis", "--buckets", str(BUCKETS), "--port",
+                              str(first_port), "--mode", mode, "--dir", str(home), *extra], first_port)
+        shards = ",".join(f"unix:{home}/shard-{i}/redis.sock" for i in range(BUCKETS))
+        second = Server(f"{name} (second front)",
+                        [*dtm, "--engine", "redis", "--shards", shards, "--port", str(second_port),
+                         "--mode", mode, "--dir", str(workdir / f"re-{mode}-2"), *extra],
+                        second_port, after=first)
+        targets.append(Target(name, [first], pause))
+        targets.append(Target(f"{name} 2 fronts", [first, second], pause))
+    for name, extra in (("redis", ["--appendonly", "no"]),
+                        ("redis aof-always", ["--appendonly", "yes", "--appendfsync", "always"])):
+        port = free_port()
+        directory = workdir / name.replace(" ", "-")
+        directory.mkdir(parents=True, exist_ok=True)
+        server = Server(name, [redis, "--port", str(port), "--save", "", "--dir",
+                               str(directory), *extra], port)
+        targets.append(Target(name, [server]))
     return targets
 
 
-def _start(targets: list[Target]) -> None:
-    # all launched before waiting for any: their start-ups overlap
-    for target in targets:
-        target.process = subprocess.Popen(target.command, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL)
-    for target in targets:
-        assert target.process is not None
-        try:
-            wait_listening(target.name, target.port, target.process, timeout=20)
-        except StartError as exc:
-            raise BenchError(str(exc)) from None
+def select_targets(targets: list[Target], names: str | None) -> list[Target]:
+    """The targets named (comma list, in the order given), or all of them."""
+    if names is None:
+        return targets
+    by_name = {t.name: t for t in targets}
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in by_name]
+    if unknown:
+        raise BenchError(f"unknown targets {unknown} (known: {', '.join(by_name)})")
+    return [by_name[n] for n in dict.fromkeys(chosen)]
 
 
-def _stop(target: Target) -> None:
-    if target.process is not None:
-        stop(target.process, timeout=15)
+def servers_of(targets: list[Target]) -> list[Server]:
+    """Every process the targets need, each once, each after the one it joins."""
+    servers: list[Server] = []
+    for target in targets:
+        for front in target.fronts:
+            for server in (front.after, front):
+                if server is not None and server not in servers:
+                    servers.append(server)
+    return servers
+
+
+def _start(servers: list[Server]) -> None:
+    # all of a stage launched before waiting for any: their start-ups overlap
+    pending = list(servers)
+    while pending:
+        stage = [s for s in pending if s.after is None or s.after not in pending]
+        pending = [s for s in pending if s not in stage]
+        for server in stage:
+            server.process = subprocess.Popen(server.command, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL)
+        for server in stage:
+            assert server.process is not None
+            try:
+                wait_listening(server.name, server.port, server.process, timeout=30)
+            except StartError as exc:
+                raise BenchError(str(exc)) from None
+
+
+def _stop(servers: list[Server]) -> None:
+    # fronts that joined others' shards first: the first front stops the shards it spawned
+    spawned = [(kid, _cmdline(kid)) for s in servers if s.process is not None
+               for kid in children(s.process.pid)]
+    for server in reversed(servers):
+        if server.process is not None:
+            stop(server.process, timeout=15)
+    # a front that went without stopping its shards (seen with checkpoint mode) must not
+    # leave them running past the comparison; the command line tells a reused pid apart
+    for pid, cmdline in spawned:
+        if cmdline and _cmdline(pid) == cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,7 +195,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="also replace the generated section of --docs and copy the charts beside it")
     parser.add_argument("--docs", default="docs/benchmarks.md",
                         help="the Markdown file --update-docs rewrites (default %(default)s)")
-    parser.add_argument("--no-redis", action="store_true", help="leave redis-server out")
+    parser.add_argument("--no-redis", action="store_true",
+                        help="leave redis-server out, and with it the redis engine")
+    parser.add_argument("--targets", default=None, metavar="NAMES",
+                        help="comma list of the servers to compare, e.g. 'dtm none,redis engine "
+                        "none,redis engine none 2 fronts,redis' (default: all; dtm is the memory "
+                        "engine, '2 fronts' two redis-engine fronts over the same 8 shards)")
     return parser
 
 
@@ -148,22 +248,28 @@ def main(argv: list[str]) -> int:
         return 2
     print(f"dtm-bench compare: results go to {out}/", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="dtm-compare-") as tmp:
-        targets = _targets(Path(tmp), not args.no_redis)
+        servers: list[Server] = []
         try:
-            _start(targets)
+            targets = select_targets(_targets(Path(tmp), not args.no_redis), args.targets)
+            servers = servers_of(targets)
+            _start(servers)
             results = _rounds(targets, workloads, args)
             sweep_results = _sweep(targets, sweep, args)
         except BenchError as exc:
             print(f"dtm-bench compare: error: {exc}", file=sys.stderr)
             return 1
         finally:
-            for target in targets:
-                _stop(target)
+            _stop(servers)
     table = markdown_table(results)
-    sweep_table = markdown_sweep(sweep_results, args.sweep_workload)
+    cpu_table = markdown_cpu(results)
+    if cpu_table:
+        table += "\n\nThe servers' CPU in the same runs (from /proc, inside the measured window):\n\n" + cpu_table
+    # the sweep compares memory-engine binlog with none: absent when neither was selected
+    sweep_table = markdown_sweep(sweep_results, args.sweep_workload) if sweep_results else ""
     print(table)
-    print()
-    print(sweep_table)
+    if sweep_table:
+        print()
+        print(sweep_table)
     charts = draw_charts(results, sweep_results, args.sweep_workload, out)
     section = report(table, sweep_table, charts, args, argv, now, generator_notes(results, sweep_results))
     write_results(out, section, results, sweep_results)
@@ -177,15 +283,33 @@ def main(argv: list[str]) -> int:
 
 
 def _run_one(target: Target, workload: str, clients: int, args: argparse.Namespace) -> dict[str, Any]:
-    plan = Plan(hosts=[("127.0.0.1", target.port)], clients=clients, seconds=args.seconds,
-                workload=workload, procs=args.procs or default_procs(), warmup=args.warmup,
-                settings=Settings())
-    print(f"{target.name:18s} {workload:8s} {clients:4d} clients ...", end=" ", file=sys.stderr, flush=True)
-    result = run(plan, progress=False)
+    plan = Plan(hosts=[("127.0.0.1", port) for port in target.ports], clients=clients,
+                seconds=args.seconds, workload=workload, procs=args.procs or default_procs(),
+                warmup=args.warmup, settings=Settings(), spread=True)
+    print(f"{target.name:32s} {workload:8s} {clients:4d} clients ...", end=" ", file=sys.stderr, flush=True)
+    pids = [front.process.pid for front in target.fronts if front.process is not None]
+    # sampled well inside the measured window (the run starts 0.3 s after it is called)
+    with CpuWindow(pids, delay=0.5 + args.warmup, length=args.seconds - 0.4) as cpu:
+        if target.pause_field is None:
+            result = run(plan, progress=False)
+        else:
+            with PausePoller(target.ports, target.pause_field) as poller:
+                result = run(plan, progress=False)
+            result["checkpoint_pause_max_ms"] = poller.max_ms
+            result["checkpoint_pauses_seen"] = poller.seen
+    if cpu.busy is not None and cpu.kids_busy is not None:
+        rate = max(result["requests_per_sec"], 1.0)
+        result["server_cpu"] = {"fronts_busy": round(cpu.busy, 3), "shards_busy": round(cpu.kids_busy, 3),
+                                "fronts_us_per_request": round(cpu.busy / rate * 1e6, 1),
+                                "shards_us_per_request": round(cpu.kids_busy / rate * 1e6, 1)}
     busy = max(result["generator_cpu_busy"], default=0.0)
     note = "  (generator CPU-bound: a lower bound)" if result["warnings"] else ""
-    print(f"{result['requests_per_sec']:>12,.0f} req/s  generator CPU {busy:.0%}{note}", file=sys.stderr)
+    pause = (f"  checkpoint pause max {result['checkpoint_pause_max_ms']:.1f} ms"
+             if "checkpoint_pause_max_ms" in result else "")
+    print(f"{result['requests_per_sec']:>12,.0f} req/s  generator CPU {busy:.0%}{pause}{note}",
+          file=sys.stderr)
     result["server"] = target.name
+    result["fronts"] = len(target.fronts)
     return result
 
 
@@ -204,7 +328,7 @@ Sweep = dict[str, list[tuple[int, dict[str, Any]]]]
 
 
 def _sweep(targets: list[Target], counts: list[int], args: argparse.Namespace) -> Sweep:
-    chosen = [t for t in targets if t.name in ("dtm none", "dtm binlog")]
+    chosen = [t for t in targets if t.name in ("dtm none", "dtm binlog")] if counts else []
     curves: Sweep = {t.name: [] for t in chosen}
     for clients in counts:
         for target in chosen:
@@ -232,16 +356,43 @@ def _mean(values: list[float]) -> float:
 
 
 def markdown_table(results: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
-    lines = ["| workload | server | requests/s | avg latency ms | p99 ms | max ms | aborts | errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    """One row per workload and server; "per front" is the rate over the fronts the load
+    was dealt to, "pause" the longest checkpoint pause reported during the runs."""
+    lines = [("| workload | server | requests/s | per front | avg latency ms | p99 ms | max ms | "
+              "checkpoint pause max ms | aborts | errors |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (workload, server), runs in results.items():
+        rate = _mean([r["requests_per_sec"] for r in runs])
+        fronts = max(r.get("fronts", 1) for r in runs)
+        pauses = [r["checkpoint_pause_max_ms"] for r in runs if "checkpoint_pause_max_ms" in r]
         lines.append(
-            f"| {workload} | {server} | {_mean([r['requests_per_sec'] for r in runs]):,.0f} | "
+            f"| {workload} | {server} | {rate:,.0f} | {rate / fronts:,.0f} | "
             f"{_mean([r['average_latency_us'] for r in runs]) / 1000:.3f} | "
             f"{max(r['p99_us'] for r in runs) / 1000:.3f} | {max(r['max_latency_us'] for r in runs) / 1000:.3f} | "
+            f"{f'{max(pauses):.1f}' if pauses else ''} | "
             f"{sum(r['aborts'] for r in runs)} | {sum(r['errors'] for r in runs)} |"
         )
     return "\n".join(lines)
+
+
+def markdown_cpu(results: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
+    """The servers' CPU per request (processes read from /proc during the measured window:
+    the fronts, or redis-server, and the shards the first front spawned) and the cores
+    they kept busy."""
+    lines = ["| workload | server | CPU µs/request: fronts | shards | cores busy: fronts | shards |",
+             "|---|---|---:|---:|---:|---:|"]
+    for (workload, server), runs in results.items():
+        cpu = [r["server_cpu"] for r in runs if "server_cpu" in r]
+        if not cpu:
+            continue
+        fronts = _mean([c["fronts_us_per_request"] for c in cpu])
+        shards = _mean([c["shards_us_per_request"] for c in cpu])
+        fronts_busy = _mean([c["fronts_busy"] for c in cpu])
+        shards_busy = _mean([c["shards_busy"] for c in cpu])
+        # processes without children (memory engine, redis-server) leave the shard cells empty
+        lines.append(f"| {workload} | {server} | {fronts:.0f} | {f'{shards:.0f}' if shards else ''} | "
+                     f"{fronts_busy:.2f} | {f'{shards_busy:.2f}' if shards else ''} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def markdown_sweep(sweep: Sweep, workload: str) -> str:
@@ -273,8 +424,10 @@ def draw_charts(results: dict[tuple[str, str], list[dict[str, Any]]], sweep: Swe
         print(f"dtm-bench compare: charts skipped: matplotlib is not installed ({MATPLOTLIB_HINT})",
               file=sys.stderr)
         return []
-    return [draw_comparison(results, out / "bench-compare.png"),
-            draw_sweep(_rates(sweep), workload, out / "bench-sweep.png")]
+    charts = [draw_comparison(results, out / "bench-compare.png")]
+    if sweep:
+        charts.append(draw_sweep(_rates(sweep), workload, out / "bench-sweep.png"))
+    return charts
 
 
 def draw_comparison(results: dict[tuple[str, str], list[dict[str, Any]]], path: Path) -> Path:
@@ -351,9 +504,9 @@ def report(table: str, sweep_table: str, charts: list[Path], args: argparse.Name
         "",
         table,
         "",
-        sweep_table,
-        "",
     ]
+    if sweep_table:
+        lines += [sweep_table, ""]
     if notes:
         lines += [*notes, ""]
     lines += [f"![{c.stem}]({c.name})" for c in charts]

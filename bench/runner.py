@@ -1,5 +1,6 @@
-"""Running a workload: CLIENTS connections to each host for SECONDS (after a warm-up),
-spread over ``procs`` processes (by default one per usable core) so the generator is not
+"""Running a workload: CLIENTS connections to each host (or, with ``spread``, CLIENTS in
+all, dealt round-robin over the hosts: several fronts of one server) for SECONDS (after a
+warm-up), spread over ``procs`` processes (by default one per usable core) so the generator is not
 the bottleneck, with a live progress line on stderr; the per-client histograms and
 counters are merged at the end, and each process reports how busy its CPU was."""
 
@@ -57,6 +58,13 @@ class Plan:
     warmup: float = 0.0
     busy_threshold: float = saturation.BUSY_THRESHOLD
     give_up_after: float = 10.0  # seconds past the end a client still waits for a reply
+    spread: bool = False  # clients is the total, dealt round-robin over the hosts
+
+    def connections(self) -> list[tuple[Host, int]]:
+        """Every connection the run opens, as (host, client index)."""
+        if self.spread:
+            return [(self.hosts[i % len(self.hosts)], i) for i in range(self.clients)]
+        return [(host, index) for host in self.hosts for index in range(self.clients)]
 
 
 def parse_hosts(text: str) -> list[Host]:
@@ -97,19 +105,18 @@ def _for_each_host(hosts: list[Host], action: Any) -> list[Any]:
 
 def _assignments(plan: Plan) -> list[list[tuple[Host, int]]]:
     """Which (host, client index) each process runs."""
-    procs = max(1, min(plan.procs, plan.clients * len(plan.hosts)))
+    connections = plan.connections()
+    procs = max(1, min(plan.procs, len(connections)))
     work: list[list[tuple[Host, int]]] = [[] for _ in range(procs)]
-    n = 0
-    for host in plan.hosts:
-        for index in range(plan.clients):
-            work[n % procs].append((host, index))
-            n += 1
+    for n, connection in enumerate(connections):
+        work[n % procs].append(connection)
     return work
 
 
 def _run_clients(plan: Plan, work: list[tuple[Host, int]], start_wall: float,
-                 counter: Any) -> tuple[ClientStats, float]:
-    """This process's clients, merged, and how busy its CPU was from the start."""
+                 counter: Any) -> tuple[ClientStats, float, dict[str, int]]:
+    """This process's clients, merged, how busy its CPU was from the start, and the
+    requests each host answered."""
     loop = LOOPS[plan.workload]
     start = time.monotonic() + max(0.0, start_wall - time.time())
     measure_from = start + plan.warmup
@@ -131,13 +138,20 @@ def _run_clients(plan: Plan, work: list[tuple[Host, int]], start_wall: float,
     event_loop.run(main(), give_up_at=deadline + plan.give_up_after)
     busy = meter.busy()
     merged = ClientStats()
-    for client_stats in stats:
+    per_host: dict[str, int] = {}
+    for (host, _), client_stats in zip(work, stats, strict=True):
+        name = _host_name(host)
+        per_host[name] = per_host.get(name, 0) + client_stats.requests
         merged.histogram.merge(client_stats.histogram)
         merged.requests += client_stats.requests
         merged.aborts += client_stats.aborts
         merged.errors += client_stats.errors
         merged.error_samples += client_stats.error_samples[: 5 - len(merged.error_samples)]
-    return merged, busy
+    return merged, busy, per_host
+
+
+def _host_name(host: Host) -> str:
+    return f"{host[0]}:{host[1]}"
 
 
 async def _publish(stats: list[ClientStats], counter: Any, deadline: float) -> None:
@@ -149,10 +163,10 @@ async def _publish(stats: list[ClientStats], counter: Any, deadline: float) -> N
 
 def _process_main(plan: Plan, work: list[tuple[Host, int]], start_wall: float, counter: Any,
                   results: Any) -> None:
-    merged, busy = _run_clients(plan, work, start_wall, counter)
+    merged, busy, per_host = _run_clients(plan, work, start_wall, counter)
     results.send({"histogram": merged.histogram.to_state(), "requests": merged.requests,
                   "aborts": merged.aborts, "errors": merged.errors, "samples": merged.error_samples,
-                  "busy": busy})
+                  "busy": busy, "per_host": per_host})
     results.close()
 
 
@@ -178,6 +192,7 @@ def run(plan: Plan, *, progress: bool = True) -> dict[str, Any]:
     _show_progress(plan, workers, start_wall, progress)
     merged = ClientStats()
     busy: list[float] = []
+    per_host = {_host_name(host): 0 for host in plan.hosts}
     for process, _, receiver in workers:
         try:
             state = receiver.recv()
@@ -192,9 +207,18 @@ def run(plan: Plan, *, progress: bool = True) -> dict[str, Any]:
         merged.errors += state["errors"]
         merged.error_samples += state["samples"][: 5 - len(merged.error_samples)]
         busy.append(state["busy"])
+        for name, requests in state["per_host"].items():
+            per_host[name] += requests
     summary = summarize(merged, plan.seconds)
-    summary.update(workload=plan.workload, hosts=[f"{h}:{p}" for h, p in plan.hosts],
-                   clients_per_host=plan.clients, pipeline=plan.settings.pipeline,
+    spread = {_host_name(host): 0 for host in plan.hosts}
+    for host, _ in plan.connections():
+        spread[_host_name(host)] += 1
+    summary.update(workload=plan.workload, hosts=[_host_name(h) for h in plan.hosts],
+                   clients_per_host=None if plan.spread else plan.clients, spread=plan.spread,
+                   connections_per_host=spread,
+                   requests_per_sec_per_host={name: round(n / plan.seconds, 1)
+                                              for name, n in per_host.items()},
+                   pipeline=plan.settings.pipeline,
                    procs=len(workers), generator_cpu_busy=[round(b, 3) for b in busy],
                    warnings=saturation.warnings(busy, plan.busy_threshold))
     if plan.workload == "bank":

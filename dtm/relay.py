@@ -22,7 +22,7 @@ from dtm.buckets.address import ShardError, ShardUnavailable
 from dtm.buckets.blocking import NOTIFY_FLAGS
 from dtm.buckets.pool import DedicatedConnection
 from dtm.buckets.pubsub import PubSubRelay
-from dtm.buckets.redis import WIDE_INTEGER_REPLIES, TransactionAborted, exec_item, parse
+from dtm.buckets.redis import WIDE_INTEGER_REPLIES, TransactionAborted, each, exec_item, parse
 from dtm.buckets.scripts import MAX_ARGS, USER_DATABASES
 from dtm.commands.server import _config_values
 from dtm.commands.table import unknown_command
@@ -631,11 +631,11 @@ class RelaySession(Session):
 
     async def _watches_hold(self, shards: list[int] | None = None) -> bool:
         """Whether no watched key changed: an empty MULTI on each watching connection."""
-        for index in (self.watching if shards is None else shards):
+        async def holds(index: int) -> bool:
             replies = await self.watching[index].pipeline_raw([("MULTI",), ("EXEC",)])
-            if replies[-1].data == b"*-1\r\n":
-                return False
-        return True
+            return replies[-1].data != b"*-1\r\n"
+
+        return all(await each(holds, list(self.watching) if shards is None else shards))
 
     async def _watch(self, keys: list[bytes]) -> None:
         engine = self.engine
@@ -643,15 +643,17 @@ class RelaySession(Session):
         by_shard: dict[int, list[bytes]] = {}
         for key in keys:
             by_shard.setdefault(engine.shard_of(key), []).append(key)
-        for index, shard_keys in by_shard.items():
+        async def watch(index: int) -> None:
             conn = self.watching.get(index)
             if conn is None:
                 conn = await engine.shards[index].connection(self.proto)
                 self.watching[index] = conn
-            replies = await conn.pipeline_raw([("SELECT", db), ("WATCH", *shard_keys)])
+            replies = await conn.pipeline_raw([("SELECT", db), ("WATCH", *by_shard[index])])
             if not replies[-1].data.startswith(b"+OK"):
                 raise CommandError(replies[-1].data[1:-2].decode())
-            self.watched.setdefault(index, []).extend((db, key) for key in shard_keys)
+            self.watched.setdefault(index, []).extend((db, key) for key in by_shard[index])
+
+        await each(watch, list(by_shard))
 
     async def _release_watches(self) -> None:
         """Unwatch everything, keeping the connections for the next WATCH (the pool
@@ -659,8 +661,8 @@ class RelaySession(Session):
         watching = list(self.watching.items())
         self.watching.clear()
         self.watched.clear()
-        for index, conn in watching:
-            await self.engine.shards[index].give_back(conn, self.proto)
+        for index, conn in watching:  # the reply need not wait for their RESET
+            self.engine.later(self.engine.shards[index].give_back, conn, self.proto)
         super().unwatch()
 
     def unwatch(self) -> None:

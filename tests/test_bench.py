@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,18 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT
 
 from bench import saturation
 from bench.histogram import Histogram
 from bench.processes import free_port
-from bench.runner import Plan, run
+from bench.runner import BenchError, Plan, run
 from bench.workloads import WORKLOADS, Settings
-from conftest import ROOT
 
 FIELDS = {"total_requests", "total_latency_us", "average_latency_us", "max_latency_us", "elapsed_s",
           "requests_per_sec", "p50_us", "p90_us", "p99_us", "p999_us", "aborts", "errors",
           "error_samples", "workload", "hosts", "clients_per_host", "pipeline", "procs",
-          "generator_cpu_busy", "warnings"}
+          "generator_cpu_busy", "warnings", "spread", "connections_per_host",
+          "requests_per_sec_per_host"}
 BLOCK_MATPLOTLIB = "import sys; sys.modules['matplotlib'] = None; "
 
 
@@ -210,3 +212,82 @@ def test_a_server_that_never_answers_cannot_hang_the_generator() -> None:
     assert time.monotonic() - started < 5
     assert result["errors"] == 3 and result["total_requests"] == 0
     assert "no reply" in result["error_samples"][0]
+
+
+def test_spread_deals_the_clients_over_the_hosts_round_robin() -> None:
+    a, b = ("127.0.0.1", 1), ("127.0.0.1", 2)
+    spread = Plan([a, b], clients=5, seconds=1, workload="get_set", spread=True).connections()
+    assert [host for host, _ in spread] == [a, b, a, b, a]
+    assert len({index for _, index in spread}) == 5  # each connection its own random stream
+    each = Plan([a, b], clients=5, seconds=1, workload="get_set").connections()
+    assert [host for host, _ in each] == [a] * 5 + [b] * 5
+
+
+def test_a_spread_run_loads_every_host_and_reports_each(dtm_server, redis_server: int) -> None:
+    hosts = [("127.0.0.1", dtm_server.port), ("127.0.0.1", redis_server)]
+    result = run(Plan(hosts, clients=4, seconds=0.5, workload="get_set", procs=2, spread=True),
+                 progress=False)
+    assert result["errors"] == 0, result["error_samples"]
+    names = [f"127.0.0.1:{port}" for _, port in hosts]
+    assert result["spread"] is True and result["connections_per_host"] == dict.fromkeys(names, 2)
+    per_host = result["requests_per_sec_per_host"]
+    assert set(per_host) == set(names) and all(rate > 0 for rate in per_host.values())
+    assert sum(per_host.values()) == pytest.approx(result["requests_per_sec"], abs=1)
+    completed = bench(",".join(names), "4", "0.3", "get_set", "--spread")
+    assert completed.returncode == 0, completed.stderr
+    assert "clients: 4 in all, spread" in completed.stdout
+    assert "requests/sec per host:" in completed.stdout and "(2 clients)" in completed.stdout
+
+
+def test_compare_has_the_redis_engine_targets_one_and_two_fronts_in_every_mode(tmp_path: Path) -> None:
+    from bench.compare import _targets, select_targets, servers_of
+
+    targets = _targets(tmp_path, with_redis=True)
+    names = [t.name for t in targets]
+    for mode in ("none", "binlog", "checkpoint"):
+        assert f"dtm {mode}" in names
+        one = targets[names.index(f"redis engine {mode}")]
+        two = targets[names.index(f"redis engine {mode} 2 fronts")]
+        assert two.fronts[0] is one.fronts[0] and len(two.fronts) == 2
+        first, second = two.fronts
+        assert first.command[first.command.index("--engine") + 1] == "redis"
+        assert first.command[first.command.index("--buckets") + 1] == "8"
+        assert first.command[first.command.index("--mode") + 1] == mode
+        home = first.command[first.command.index("--dir") + 1]
+        assert second.command[second.command.index("--shards") + 1] == ",".join(
+            f"unix:{home}/shard-{i}/redis.sock" for i in range(8))
+        assert second.after is first and second.command[second.command.index("--mode") + 1] == mode
+        assert (one.pause_field is not None) == (mode == "checkpoint")
+    if shutil.which("redis-server"):
+        assert {"redis", "redis aof-always"} <= set(names)
+    chosen = select_targets(targets, "redis engine none 2 fronts,dtm none")
+    assert [t.name for t in chosen] == ["redis engine none 2 fronts", "dtm none"]
+    # a second front starts after the first, which spawns the shards it joins
+    assert [s.name for s in servers_of(chosen)] == [
+        "redis engine none", "redis engine none (second front)", "dtm none"]
+    with pytest.raises(BenchError, match="unknown targets"):
+        select_targets(targets, "dtm none,redis engine sometimes")
+
+
+def test_compare_two_fronts_over_one_set_of_shards_reports_per_front_and_the_pause(
+        tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    out = tmp_path / "out"
+    # checkpoints every second: a 1.5 s run sees at least one
+    completed = bench("compare", "--seconds", "1.5", "--clients", "4", "--rounds", "1",
+                      "--workloads", "get_set", "--sweep", "", "--warmup", "0", "--targets",
+                      "redis engine checkpoint 2 fronts", "--out", str(out),
+                      prelude=BLOCK_MATPLOTLIB, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    row, cpu_row = [[c.strip() for c in line.strip("|").split("|")]
+                    for line in completed.stdout.splitlines()
+                    if line.startswith("| get_set | redis engine checkpoint 2 fronts |")]
+    total, per_front, pause = (float(row[i].replace(",", "")) for i in (2, 3, 7))
+    assert per_front == pytest.approx(total / 2, abs=1) and pause > 0
+    # the servers' CPU: the fronts', and the shards' (children of the first front)
+    assert float(cpu_row[2]) > 0 and float(cpu_row[3]) > 0
+    (result,) = json.loads((out / "results.json").read_text())["runs"]
+    assert result["fronts"] == 2 and result["checkpoint_pauses_seen"] >= 1
+    assert len(result["requests_per_sec_per_host"]) == 2
+    assert all(rate > 0 for rate in result["requests_per_sec_per_host"].values())

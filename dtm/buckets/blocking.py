@@ -24,6 +24,7 @@ import trio
 from dtm.buckets.address import READ_SIZE, ShardUnavailable, new_reader, pack
 from dtm.buckets.frames import FramingError, ReplyFramer
 from dtm.buckets.redis import exec_item, parse
+from dtm.buckets.scripts import UNLOCKED_CHANNEL
 from dtm.resp import Raw
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ log = structlog.get_logger("dtm.blocking")
 # The keyspace events a waiting command needs: K (keyspace channel), g (generic: DEL,
 # RENAME, RESTORE…), l (lists), z (sorted sets), t (streams).
 NOTIFY_FLAGS: Final = "Kglzt"
+UNLOCKED: Final = UNLOCKED_CHANNEL.encode()
 # Attempts are repeated at least this often, should a notification be missed.
 RETRY_EVERY: Final = 1.0
 _NULL_BULK: Final = Raw(b"$-1\r\n")
@@ -88,7 +90,10 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
         try:
             while True:
                 reply = await _attempt(session, info, argv, keys, homes)
-                if timeout is None or timeout < 0 or not is_nothing(reply) or reply.data.startswith(b"-"):
+                if blocked and reply.data.startswith(b"-WRONGTYPE") and not await _source_is_list(
+                        session, name, keys):
+                    pass  # as Redis: a waited key turned another type keeps its clients waiting
+                elif timeout is None or timeout < 0 or not is_nothing(reply) or reply.data.startswith(b"-"):
                     return reply
                 left = deadline - trio.current_time()
                 if left <= 0:
@@ -101,6 +106,17 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
         finally:
             if blocked:
                 notifier.blocked -= 1
+
+
+async def _source_is_list(session: RelaySession, name: str, keys: list[bytes]) -> bool:
+    """Whether a WRONGTYPE met while waiting is BLMOVE's or BRPOPLPUSH's destination's
+    (its source is a list: Redis serves the client that error) rather than a waited key's."""
+    if name not in ("blmove", "brpoplpush"):
+        return False
+    engine = session.engine
+    source = keys[0]
+    reply = await engine.guarded(engine.shard_of(source), session.db.index, [source], ["TYPE", source])
+    return parse(reply) == b"list"
 
 
 async def _attempt(session: RelaySession, info: CommandInfo, argv: list[bytes],
@@ -167,6 +183,25 @@ class Notifier:
         self._kick = [trio.Event() for _ in engine.shards]
         self._confirmed: list[set[bytes]] = [set() for _ in engine.shards]
         self._confirm = trio.Event()
+        # Commands waiting for a transaction's locks to go, by (shard, txid): the commit
+        # and abort scripts publish the txid on UNLOCKED_CHANNEL, which every shard's
+        # subscriber follows.
+        self._unlocks: dict[tuple[int, bytes], trio.Event] = {}
+        for wanted in self._wanted:
+            wanted.add(UNLOCKED_CHANNEL.encode())
+
+    async def unlocked(self, index: int, txid: str, timeout: float) -> None:
+        """Until txid releases its locks on shard index, or timeout seconds."""
+        key = (index, txid.encode())
+        event = self._unlocks.get(key)
+        if event is None:
+            event = self._unlocks[key] = trio.Event()
+        try:
+            with trio.move_on_after(timeout):
+                await event.wait()
+        finally:
+            if self._unlocks.get(key) is event and not event.is_set():
+                del self._unlocks[key]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -252,8 +287,13 @@ class Notifier:
                     message = reader.gets()
                     if not isinstance(message, list) or len(message) != 3:
                         continue
-                    kind, channel, _ = message
+                    kind, channel, data = message
                     if kind == b"message":
+                        if channel == UNLOCKED:
+                            event = self._unlocks.pop((index, data), None)
+                            if event is not None:
+                                event.set()
+                            continue
                         for waiter in list(self._waiters.get((index, channel), ())):
                             waiter.wake()
                     elif kind == b"subscribe":

@@ -123,6 +123,7 @@ class RedisEngine:
     owners: list[int] = attrs.field(init=False)
     _serial: Iterable[int] = attrs.field(factory=itertools.count, init=False)
     notifier: Any = attrs.field(default=None, init=False)  # blocking.Notifier, once started
+    nursery: trio.Nursery | None = attrs.field(default=None, init=False)  # for later()
     spawned: Any = attrs.field(default=None, init=False)  # the ShardSet dtm started, if any
     resolved: int = attrs.field(default=0, init=False)  # locks past their lease we finished
     waits: int = attrs.field(default=0, init=False)  # times a command met a lock
@@ -185,7 +186,12 @@ class RedisEngine:
             log.info("resolved a transaction past its lease", txid=locked.txid, outcome=outcome)
             return _WAIT_FIRST
         left = (locked.until_ms - locked.now_ms) / 1000
-        await trio.sleep(min(pause, left))
+        if self.notifier is not None:
+            # Woken by the unlock's message; the pause bounds a wait whose message went
+            # out before this front asked for it.
+            await self.notifier.unlocked(index, locked.txid, min(pause, left))
+        else:
+            await trio.sleep(min(pause, left))
         return min(pause * 2, _WAIT_MOST)
 
     async def resolve(self, index: int, txid: str) -> Outcome:
@@ -214,6 +220,8 @@ class RedisEngine:
         while True:
             txn = self.new_transaction(locks)
             try:
+                if len(locks) > 1 and await self._lock_at_once(txn, locks):
+                    return txn
                 for index in sorted(locks):
                     # Counted before the reply: a prepare whose reply is lost is released too.
                     txn.locked.append(index)
@@ -228,6 +236,23 @@ class RedisEngine:
                     await self.release(txn)
                 raise
             return txn
+
+    async def _lock_at_once(self, txn: Transaction, locks: dict[int, list[DbKey]]) -> bool:
+        """Try every shard's prepare at once (one round trip): True if all locked. If any
+        key was locked, every lock taken is let go (nothing waited while holding, so no
+        cycle) and txn is left holding nothing, to lock in order instead."""
+        order = sorted(locks)
+        txn.locked = list(order)
+        results = await each(lambda i: self.shards[i].prepare(
+            txn.txid, self.lease_ms, locks[i], [], primary=i == txn.primary), order)
+        if all(isinstance(result, Prepared) for result in results):
+            return True
+        if any(isinstance(result, Decided) for result in results):
+            raise TransactionAborted(txn.txid)
+        with trio.CancelScope(shield=True):
+            await self.release(txn)
+        txn.locked = []
+        return False
 
     async def lock_everything(self) -> Transaction:
         """Hold every shard (a transaction with whole-keyspace commands): no command with
@@ -364,13 +389,23 @@ class RedisEngine:
         # shard keeps its intent and a resolver rolls it forward after the lease.
         locked, txn.locked = txn.locked, []
         with trio.CancelScope(shield=True):
-            first, *rest = locked
-            await self.shards[first].commit(txn.txid)
-            fault("committed-one")
-            await each(lambda i: self.shards[i].commit(txn.txid), rest)
-            # Every shard applied it, so no resolver will ask for the decision again.
-            await primary.forget(txn.txid)
+            first = locked[0]
+
+            async def commit(index: int) -> None:
+                await self.shards[index].commit(txn.txid)
+                if index == first:
+                    fault("committed-one")
+
+            await each(commit, locked)
+        # Every shard applied it, so no resolver will ask for the decision again.
+        self.later(primary.forget, txn.txid)
         return reply
+
+    def later(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """function(*args) in the background (housekeeping no reply waits for)."""
+        if self.nursery is None:
+            raise RuntimeError("the engine has no nursery yet")
+        self.nursery.start_soon(function, *args)
 
     async def while_holding_everything(self, db: int, pairs: Sequence[DbKey],
                                        commands: Sequence[Sequence[Arg]], proto: int) -> Raw:

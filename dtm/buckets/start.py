@@ -167,6 +167,7 @@ async def _connect(nursery: trio.Nursery, addresses: list[ShardAddress], config:
     config.buckets = len(shards)
     table = CommandTable.from_command_info(await shards[0].link.call("COMMAND"))
     engine = RedisEngine(shards, table, lease_ms=config.lease_ms)
+    engine.nursery = nursery
     engine.notifier = Notifier(engine)
     await nursery.start(engine.notifier.run)
     log.info("redis engine ready", shards=[str(a) for a in addresses], front=engine.front)
