@@ -24,6 +24,7 @@ from dtm.buckets.scripts import (
     ABORT,
     ALL_SCRIPTS,
     COMMIT,
+    DATABASES_NEEDED,
     MAX_ARGS,
     Decided,
     Locked,
@@ -44,7 +45,7 @@ LEASE = 60_000  # ms: longer than any test, so only the tests that want a lapse 
 class Server:
     """A redis-server on a unix socket in its own short temporary folder."""
 
-    def __init__(self, databases: int = 18) -> None:
+    def __init__(self, databases: int = DATABASES_NEEDED) -> None:
         assert BINARY is not None
         self.folder = Path(tempfile.mkdtemp(prefix="dtm-scr-"))
         self.path = str(self.folder / "redis.sock")
@@ -378,7 +379,7 @@ async def test_load_refuses_a_shard_without_the_metadata_databases() -> None:
     try:
         with trio.fail_after(10):
             async with open_link(small.address) as link:
-                with pytest.raises(ShardMisconfigured, match="has 16 databases; dtm needs 18"):
+                with pytest.raises(ShardMisconfigured, match="has 16 databases; dtm needs 33"):
                     await ShardScripts(link).load()
     finally:
         small.stop()
