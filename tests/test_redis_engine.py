@@ -757,3 +757,136 @@ def test_start_refuses_an_unreachable_shard() -> None:
         assert f"127.0.0.1:{port}" in line and "connect" in line
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# ------------------------------------------- found by Redis's own TCL suite (external mode)
+
+
+def test_info_counts_clients_waiting_in_blocking_commands(dtm_redis: DtmProcess, rr: redis.Redis) -> None:
+    """INFO's blocked_clients counts the clients parked in BLPOP & co. (the TCL suite's
+    wait_for_blocked_client polls it), and drops back once they are served."""
+    def blocked() -> int:
+        return int(rr.info("clients")["blocked_clients"])
+
+    async def main() -> None:
+        waiter, pusher = await two_clients(dtm_redis.port)
+        with trio.fail_after(10):
+            await waiter.send("BRPOP", "tclb", "0")
+            while blocked() != 1:
+                await trio.sleep(0.01)
+            await pusher.call("RPUSH", "tclb", "x")
+            assert await waiter.reply() == [b"tclb", b"x"]
+            assert blocked() == 0
+        await waiter.aclose()
+        await pusher.aclose()
+
+    assert blocked() == 0
+    trio.run(main)
+
+
+def test_config_set_of_a_front_setting_to_its_own_value_is_ok(rr: redis.Redis) -> None:
+    """`CONFIG SET save ""` (every TCL unit's start_server override) changes nothing in
+    mode none, so it answers OK as Redis does; another value is still refused."""
+    assert rr.config_get("save") == {"save": ""}
+    assert rr.config_set("save", "") is True
+    assert rr.execute_command("CONFIG", "SET", "save", "", "list-max-listpack-size", "4") == b"OK"
+    assert rr.config_get("list-max-listpack-size") == {"list-max-listpack-size": "4"}
+    with pytest.raises(redis.ResponseError):
+        rr.config_set("save", "900 1")
+
+
+def test_a_waited_key_turned_another_type_keeps_the_client_waiting(dtm_redis: DtmProcess,
+                                                                   rr: redis.Redis) -> None:
+    """As Redis: a blocked BLPOP is not served WRONGTYPE when its key briefly becomes a
+    list and then a string (MULTI LPUSH, DEL, SET); it waits for a real list. A blocked
+    BLMOVE whose destination is of the wrong type does get WRONGTYPE once its source has
+    an element."""
+    async def main() -> None:
+        waiter, other = await two_clients(dtm_redis.port)
+        with trio.fail_after(10):
+            await waiter.send("BLPOP", "tcll", "0")
+            while int(rr.info("clients")["blocked_clients"]) != 1:
+                await trio.sleep(0.01)
+            for command in (["MULTI"], ["LPUSH", "tcll", "a"], ["DEL", "tcll"], ["SET", "tcll", "foo"]):
+                await other.call(*command)
+            assert await other.call("EXEC") == [1, 1, b"OK"]
+            assert await still_waiting(waiter, 0.3)
+            await other.call("DEL", "tcll")
+            await other.call("LPUSH", "tcll", "b")
+            assert await waiter.reply() == [b"tcll", b"b"]
+
+            source, target = "tclsrc", same_bucket("tclsrc", "tcldst")
+            await other.call("SET", target, "nolist")
+            await waiter.send("BLMOVE", source, target, "RIGHT", "LEFT", "0")
+            assert await still_waiting(waiter)
+            await other.call("RPUSH", source, "foo")
+            reply = await waiter.reply()
+            assert isinstance(reply, Exception) and str(reply).startswith("WRONGTYPE")
+            assert await other.call("LRANGE", source, "0", "-1") == [b"foo"]
+        await waiter.aclose()
+        await other.aclose()
+
+    trio.run(main)
+
+
+def test_blocked_clients_are_served_in_the_order_they_blocked(dtm_redis: DtmProcess,
+                                                              rr: redis.Redis) -> None:
+    """As Redis: of the clients waiting on a list (of one front), the one that blocked
+    first gets the first element; and a BRPOPLPUSH served first with a destination of
+    the wrong type gets WRONGTYPE and leaves the element to the next client."""
+    async def main() -> None:
+        with trio.fail_after(20):
+            waiters = [await RawClient.connect(dtm_redis.port) for _ in range(5)]
+            pusher = await RawClient.connect(dtm_redis.port)
+            for count, waiter in enumerate(waiters, 1):
+                await waiter.send("BLPOP", "tclfifo", "0")
+                while int(rr.info("clients")["blocked_clients"]) != count:
+                    await trio.sleep(0.01)
+            await pusher.call("RPUSH", "tclfifo", "a", "b", "c", "d", "e")
+            assert [await waiter.reply() for waiter in waiters] == [
+                [b"tclfifo", item] for item in (b"a", b"b", b"c", b"d", b"e")]
+
+            first, second = waiters[:2]
+            target1, target2 = same_bucket("tclfifo", "tclt"), same_bucket("tclfifo", "tclu")
+            await pusher.call("SET", target1, "nolist")
+            await first.send("BRPOPLPUSH", "tclfifo", target1, "0")
+            while int(rr.info("clients")["blocked_clients"]) != 1:
+                await trio.sleep(0.01)
+            await second.send("BRPOPLPUSH", "tclfifo", target2, "0")
+            while int(rr.info("clients")["blocked_clients"]) != 2:
+                await trio.sleep(0.01)
+            await pusher.call("LPUSH", "tclfifo", "foo")
+            reply = await first.reply()
+            assert isinstance(reply, Exception) and str(reply).startswith("WRONGTYPE")
+            assert await second.reply() == b"foo"
+            assert await pusher.call("LRANGE", target2, "0", "-1") == [b"foo"]
+            for client in (*waiters, pusher):
+                await client.aclose()
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("command", [
+    ["BZPOPMIN", "tq3", "0.05"],
+    ["BLMOVE", "tq3", "tq4", "LEFT", "LEFT", "0.05"],
+    ["BLPOP", "tq3", "0.05"],
+    ["XREAD", "BLOCK", "50", "STREAMS", "tq3", "$"],
+])
+def test_blocking_timeouts_reply_resp3_null(command: list[str], dtm_redis: DtmProcess,
+                                            rr: redis.Redis) -> None:
+    """A RESP3 client's blocking command that times out gets RESP3's null `_` (Redis 7:
+    addReplyNullArray / addReplyNull), not RESP2's `*-1` (TCL: BZPOPMIN readraw in RESP3)."""
+    async def main() -> None:
+        client = await RawClient.connect(dtm_redis.port)
+        with trio.fail_after(10):
+            await client.call("HELLO", "3")
+            await client.stream.send_all(
+                b"".join(b"$%d\r\n%s\r\n" % (len(part), part.encode()) for part in command).join(
+                    [b"*%d\r\n" % len(command), b""]))
+            data = b""
+            while not data.endswith(b"\r\n"):
+                data += await client.stream.receive_some(100)
+            assert data == b"_\r\n"
+        await client.aclose()
+
+    trio.run(main)

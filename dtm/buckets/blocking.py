@@ -13,6 +13,7 @@ the first attempt, so entries added between attempts are not skipped.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ UNLOCKED: Final = UNLOCKED_CHANNEL.encode()
 RETRY_EVERY: Final = 1.0
 _NULL_BULK: Final = Raw(b"$-1\r\n")
 _NULL_ARRAY: Final = Raw(b"*-1\r\n")
+_NULL: Final = Raw(b"_\r\n")  # RESP3 has one null for both
 
 
 def timeout_of(name: str, argv: list[bytes]) -> float | None:
@@ -95,14 +97,18 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
                     pass  # as Redis: a waited key turned another type keeps its clients waiting
                 elif timeout is None or timeout < 0 or not is_nothing(reply) or reply.data.startswith(b"-"):
                     return reply
+                wait.done()
                 left = deadline - trio.current_time()
                 if left <= 0:
+                    if session.proto == 3:
+                        return _NULL
                     return _NULL_BULK if name in ("blmove", "brpoplpush") else _NULL_ARRAY
                 if not blocked:
                     blocked = True
                     notifier.blocked += 1
                 with trio.move_on_after(min(left, RETRY_EVERY)):
                     await wait.changed()
+                await wait.turn()
         finally:
             if blocked:
                 notifier.blocked -= 1
@@ -178,6 +184,11 @@ class Notifier:
     def __init__(self, engine: RedisEngine) -> None:
         self.engine = engine
         self.blocked = 0  # clients of this front waiting now: INFO's blocked_clients
+        # Woken waiters whose next attempt is due, by ticket (arrival order): each waits
+        # for the older ones' attempts, so as in Redis the client that blocked first is
+        # served first (within this front).
+        self._tickets = itertools.count()
+        self._turns: dict[int, trio.Event] = {}
         self._waiters: dict[tuple[int, bytes], set[Waiter]] = {}  # by (shard, channel)
         self._wanted: list[set[bytes]] = [set() for _ in engine.shards]
         self._kick = [trio.Event() for _ in engine.shards]
@@ -222,6 +233,7 @@ class Notifier:
         try:
             yield waiter
         finally:
+            waiter.done()
             for entry in waiter.entries:
                 waiters = self._waiters.get(entry)
                 if waiters is not None:
@@ -311,9 +323,23 @@ class Waiter:
         self.notifier = notifier
         self.entries = entries
         self._event = trio.Event()
+        self.ticket = next(notifier._tickets)
 
     def wake(self) -> None:
         self._event.set()
+        self.notifier._turns.setdefault(self.ticket, trio.Event())
+
+    async def turn(self) -> None:
+        """Until the waiters woken before this one that blocked earlier have tried."""
+        for ticket, tried in sorted(self.notifier._turns.items()):
+            if ticket >= self.ticket:
+                break
+            await tried.wait()
+
+    def done(self) -> None:
+        tried = self.notifier._turns.pop(self.ticket, None)
+        if tried is not None:
+            tried.set()
 
     async def ready(self) -> None:
         """Until every channel is subscribed, so no change after this is missed."""
