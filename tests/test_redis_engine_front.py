@@ -314,3 +314,34 @@ def test_transactions_with_whole_keyspace_commands_hold_every_shard(
             assert sorted(meta.keys()) == [b"dtm:bucket"]
         finally:
             meta.close()
+
+
+def test_psubscribe_star_hears_every_shard_and_nothing_of_dtms_own(rr: redis.Redis) -> None:
+    rr.config_set("notify-keyspace-events", "KEA")
+    subscriber = rr.pubsub()
+    try:
+        subscriber.psubscribe("*")
+        assert subscriber.get_message(timeout=5)["type"] == "psubscribe"
+        keys = spread("star:")
+        rr.mset(dict.fromkeys(keys, 1))  # across every bucket: locks, scratch copies, unlocks
+        rr.publish("news", "hello")
+        channels: set[bytes] = set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            message = subscriber.get_message(timeout=0.5)
+            if message is None:
+                if b"news" in channels and len(channels) > len(keys):
+                    break
+                continue
+            if message["type"] == "pmessage":
+                channels.add(message["channel"])
+        assert b"news" in channels
+        assert {f"__keyspace@0__:{key}".encode() for key in keys} <= channels
+        assert {"__keyevent@0__:set".encode()} <= channels
+        leaked = [c for c in channels if c.startswith(b"dtm:")
+                  or any(c.startswith(b"__key%s@%d__" % (kind, db))
+                         for kind in (b"space", b"event") for db in range(16, 33))]
+        assert not leaked, leaked
+    finally:
+        subscriber.close()
+        rr.config_set("notify-keyspace-events", "")

@@ -10,6 +10,7 @@ subscribed state: only then do its other commands run again.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -17,6 +18,7 @@ import trio
 
 from dtm.buckets.address import ShardUnavailable, new_reader, pack
 from dtm.buckets.pool import DedicatedConnection
+from dtm.buckets.scripts import UNLOCKED_CHANNEL, USER_DATABASES
 from dtm.errors import err
 from dtm.resp import NO_REPLY
 
@@ -31,14 +33,35 @@ ALLOWED: Final = frozenset({"subscribe", "psubscribe", "ssubscribe", "unsubscrib
 _KIND_OF: Final = {"unsubscribe": b"channel", "punsubscribe": b"pattern",
                    "sunsubscribe": b"shard"}
 _MESSAGES: Final = frozenset({b"message", b"pmessage", b"smessage"})
+UNLOCKED: Final = UNLOCKED_CHANNEL.encode()
 _ADDS: Final = {b"subscribe": b"channel", b"psubscribe": b"pattern", b"ssubscribe": b"shard"}
 _REMOVES: Final = {b"unsubscribe": b"channel", b"punsubscribe": b"pattern",
                    b"sunsubscribe": b"shard"}
 
 
-def _notification(channel: bytes) -> bool:
-    """A keyspace notification channel (or pattern): every shard publishes its own."""
-    return channel.startswith((b"__keyspace@", b"__keyevent@", b"__key*"))
+_NOTIFICATION_PREFIXES: Final = (b"__keyspace@", b"__keyevent@")
+
+
+def _notification(channel: bytes, pattern: bool) -> bool:
+    """Whether a channel (or a pattern) may name keyspace notifications, which every
+    shard publishes for its own keys."""
+    if not pattern:
+        return channel.startswith(_NOTIFICATION_PREFIXES)
+    literal = re.split(rb"[*?\[\\]", channel, maxsplit=1)[0]  # what every match starts with
+    return any(prefix.startswith(literal) or literal.startswith(prefix)
+               for prefix in _NOTIFICATION_PREFIXES)
+
+
+def _internal(message: list[Any]) -> bool:
+    """A message no client hears: on dtm's own channel (a transaction's unlock), or a
+    keyspace notification of dtm's own databases (16 and up: locks, scratch copies)."""
+    channel = message[2] if message[0] == b"pmessage" else message[1]
+    if channel == UNLOCKED:
+        return True
+    if channel.startswith(_NOTIFICATION_PREFIXES):
+        db = channel[11:channel.find(b"__", 11)]
+        return db.isdigit() and int(db) >= USER_DATABASES
+    return False
 
 
 class PubSubRelay:
@@ -90,7 +113,7 @@ class PubSubRelay:
         shard too."""
         if name not in ("subscribe", "psubscribe", "unsubscribe", "punsubscribe") or not self.others:
             return
-        channels = [arg for arg in argv[1:] if _notification(arg)]
+        channels = [arg for arg in argv[1:] if _notification(arg, name.startswith("p"))]
         if not channels and not (name.endswith("unsubscribe") and len(argv) == 1):
             return
         if not self.followers:
@@ -115,7 +138,8 @@ class PubSubRelay:
                     frame = await follower.reply_raw()
                     reader.feed(frame.data)
                     reply = reader.gets()
-                    if isinstance(reply, list) and reply and reply[0] in _MESSAGES:
+                    if (isinstance(reply, list) and reply and reply[0] in _MESSAGES
+                            and not _internal(reply)):
                         await session.conn.send(frame.data)
             except (ShardUnavailable, OSError, trio.ClosedResourceError) as exc:
                 log.info("subscriber's shard connection ended", reason=str(exc))
@@ -129,11 +153,13 @@ class PubSubRelay:
             try:
                 while True:
                     frame = await conn.reply_raw()
-                    await session.conn.send(frame.data)
                     reader.feed(frame.data)
                     reply = reader.gets()
                     if isinstance(reply, list) and reply and reply[0] in _MESSAGES:
+                        if not _internal(reply):
+                            await session.conn.send(frame.data)
                         continue
+                    await session.conn.send(frame.data)
                     if isinstance(reply, list) and len(reply) == 3:
                         kind, channel, count = reply
                         if kind in _ADDS:
