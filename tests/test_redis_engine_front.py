@@ -13,6 +13,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import redis
@@ -179,12 +181,22 @@ def test_the_memory_engine_refuses_a_directory_of_redis_engine_shards() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_keyspace_notifications_of_every_shard_reach_a_subscriber(rr: redis.Redis) -> None:
+@contextmanager
+def pattern_subscriber(rr: redis.Redis, pattern: str) -> Iterator[Any]:
+    """A subscriber to pattern, with every keyspace notification on meanwhile."""
     rr.config_set("notify-keyspace-events", "KEA")
     subscriber = rr.pubsub()
     try:
-        subscriber.psubscribe("__keyspace@0__:note:*")
+        subscriber.psubscribe(pattern)
         assert subscriber.get_message(timeout=5)["type"] == "psubscribe"
+        yield subscriber
+    finally:
+        subscriber.close()
+        rr.config_set("notify-keyspace-events", "")
+
+
+def test_keyspace_notifications_of_every_shard_reach_a_subscriber(rr: redis.Redis) -> None:
+    with pattern_subscriber(rr, "__keyspace@0__:note:*") as subscriber:
         keys = spread("note:")
         for key in keys:
             rr.set(key, 1)
@@ -201,9 +213,6 @@ def test_keyspace_notifications_of_every_shard_reach_a_subscriber(rr: redis.Redi
         assert reply is not None and reply["type"] == "punsubscribe" and reply["data"] == 0
         rr.set(keys[-1], 2)  # unsubscribed on every shard: nothing more arrives
         assert subscriber.get_message(timeout=0.5) is None
-    finally:
-        subscriber.close()
-        rr.config_set("notify-keyspace-events", "")
 
 
 def test_client_pause_write_holds_writes_through_the_front_and_lets_reads_by(
@@ -317,11 +326,7 @@ def test_transactions_with_whole_keyspace_commands_hold_every_shard(
 
 
 def test_psubscribe_star_hears_every_shard_and_nothing_of_dtms_own(rr: redis.Redis) -> None:
-    rr.config_set("notify-keyspace-events", "KEA")
-    subscriber = rr.pubsub()
-    try:
-        subscriber.psubscribe("*")
-        assert subscriber.get_message(timeout=5)["type"] == "psubscribe"
+    with pattern_subscriber(rr, "*") as subscriber:
         keys = spread("star:")
         rr.mset(dict.fromkeys(keys, 1))  # across every bucket: locks, scratch copies, unlocks
         rr.publish("news", "hello")
@@ -343,6 +348,3 @@ def test_psubscribe_star_hears_every_shard_and_nothing_of_dtms_own(rr: redis.Red
                   or any(c.startswith(b"__key%s@%d__" % (kind, db))
                          for kind in (b"space", b"event") for db in range(16, 33))]
         assert not leaked, leaked
-    finally:
-        subscriber.close()
-        rr.config_set("notify-keyspace-events", "")
