@@ -299,7 +299,9 @@ def _refuse_if_running(shard: Shard) -> None:
         return  # no pidfile, or its process is gone
     if b"redis-server" in cmdline:
         raise SpawnError(f"shard {shard.index}: a redis-server (pid {pid}) is still running on "
-                         f"{shard.dir}; stop it first")
+                         f"{shard.dir} (left by a front that died?); serve the running shards "
+                         f"with --shards unix:{shard.address.path or shard.address}…, or stop "
+                         "them first")
 
 
 def _quote(value: object) -> str:
