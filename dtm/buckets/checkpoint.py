@@ -103,13 +103,14 @@ async def _wait_saved(engine: RedisEngine, stats: CheckpointStats) -> None:
     stats.last_status_ok = not failed
     if failed:
         raise CheckpointFailed(f"shard {failed[0]} could not write its file; see its log")
-    stats.last_ok_time = int(time.time())
-    stats.count += 1
     spawned = engine.spawned
     if spawned is not None:
         root = spawned[0].dir.parent
         await trio.to_thread.run_sync(record_cut, root, len(engine.shards), stats.last_cut)
         spawned.dbfilename = cut_file(stats.last_cut)
+    # Counted (INFO's rdb_saves, LASTSAVE) once it is the one a restart returns to.
+    stats.last_ok_time = int(time.time())
+    stats.count += 1
     log.info("checkpoint complete", cut=stats.last_cut, pause_ms=round(stats.last_pause_ms, 2))
 
 
@@ -198,6 +199,15 @@ async def _drain_commits(engine: RedisEngine, index: int) -> None:
                 assert primary is not None
                 await engine.resolve(index, txid)
         await trio.sleep(POLL)
+
+
+async def clear_interrupted_checkpoint(engine: RedisEngine) -> None:
+    """Shards just started from checkpoint files (spawned ones, all together) hold that
+    checkpoint's own barrier and lease, set before their BGSAVE: no checkpoint is running
+    on them now, so both go (else commits across shards would wait for the barrier to
+    lapse, and checkpoints for the lease)."""
+    await each(lambda i: _meta(engine, i, "DEL", BARRIER_KEY), range(len(engine.shards)))
+    await _meta(engine, 0, "DEL", LEASE_KEY)
 
 
 async def cuts(engine: RedisEngine) -> list[bytes | None]:

@@ -14,7 +14,7 @@ import trio
 
 from dtm.buckets.address import ShardAddress, ShardError, ShardUnavailable
 from dtm.buckets.blocking import NOTIFY_FLAGS, Notifier
-from dtm.buckets.checkpoint import cut_file, cuts, recorded_cut
+from dtm.buckets.checkpoint import clear_interrupted_checkpoint, cut_file, cuts, recorded_cut
 from dtm.buckets.keyspecs import CommandTable
 from dtm.buckets.link import ShardLink
 from dtm.buckets.redis import RedisEngine
@@ -91,15 +91,18 @@ async def open_redis_engine(config: Config) -> AsyncIterator[RedisEngine]:
         binlog = config.mode == "binlog"
         dbfilename = checkpoint_file(directory, config.buckets)
         restarting = trio.Lock()
+        started: list[RedisEngine] = []
         try:
             async with spawn_shards(
                 directory, config.buckets, appendonly=binlog, appendfsync="always",
                 dbfilename=dbfilename,
                 on_exit=lambda shard: nursery.start_soon(
-                    _restart, shard_set, shard.index, binlog, restarting),
+                    _restart, shard_set, shard.index, binlog, restarting, started),
             ) as shard_set:
                 engine = await _connect(nursery, shard_set.addresses, config)
                 engine.spawned = shard_set
+                await clear_interrupted_checkpoint(engine)
+                started.append(engine)
                 try:
                     yield engine
                 finally:
@@ -108,7 +111,8 @@ async def open_redis_engine(config: Config) -> AsyncIterator[RedisEngine]:
             raise EngineError(str(exc)) from None
 
 
-async def _restart(shard_set: ShardSet, index: int, binlog: bool, restarting: trio.Lock) -> None:
+async def _restart(shard_set: ShardSet, index: int, binlog: bool, restarting: trio.Lock,
+                   started: list[RedisEngine]) -> None:
     """A spawned shard died. In binlog mode it starts again on its AOF, which holds
     everything it acknowledged. In the other modes its data is its last checkpoint, so
     every shard goes back to that checkpoint with it: a state that existed (at the cut),
@@ -121,7 +125,9 @@ async def _restart(shard_set: ShardSet, index: int, binlog: bool, restarting: tr
                 log.warning("a shard died: every shard returns to the last checkpoint",
                             shard=index, checkpoint=shard_set.dbfilename)
                 await shard_set.restart_all()
-        except SpawnError as exc:
+                if started:
+                    await clear_interrupted_checkpoint(started[0])
+        except (SpawnError, ShardUnavailable) as exc:
             log.error("could not restart the shards", shard=index, error=str(exc))
 
 
