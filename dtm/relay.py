@@ -24,7 +24,6 @@ from dtm.buckets.pool import DedicatedConnection
 from dtm.buckets.pubsub import PubSubRelay
 from dtm.buckets.redis import WIDE_INTEGER_REPLIES, TransactionAborted, each, exec_item, parse
 from dtm.buckets.scripts import MAX_ARGS, USER_DATABASES
-from dtm.commands.server import _config_values
 from dtm.commands.table import unknown_command
 from dtm.config import REDIS_NAMES
 from dtm.errors import DB_RANGE, NOAUTH, CommandError, err
@@ -356,13 +355,6 @@ class RelaySession(Session):
         pairs = [(argv[i], argv[i + 1]) for i in range(2, len(argv), 2)]
         front = [pair for pair in pairs if pair[0].decode("latin-1").lower() in FRONT_SETTINGS]
         shards = [pair for pair in pairs if pair not in front]
-        # A front setting given the value it has (the TCL suite's `save ""`) changes
-        # nothing, as in Redis, even where dtm decides it (save, appendonly: the mode).
-        current = _config_values(self)
-        front = [(name, value) for name, value in front
-                 if current.get(name.decode("latin-1").lower()) != value.decode("latin-1")]
-        if not front and not shards:
-            return "OK"
         if front:
             reply = await self.execute([argv[0], argv[1], *(x for pair in front for x in pair)])
             if isinstance(reply, CommandError) or not shards:

@@ -226,9 +226,13 @@ def config_set(s: Session, argv: list[bytes]) -> Any:
             f"Unknown option or number of arguments for CONFIG SET - '{argv[-1].decode('utf-8', 'replace')}'"
         )
     changes: dict[str, str] = {}
+    current = _config_values(s)
     for i in range(2, len(argv), 2):
         name = argv[i].decode("utf-8", "replace").lower()
         field = REDIS_NAMES.get(name)
+        if (field is None or field not in MUTABLE) and current.get(name) == argv[i + 1].decode(
+                "utf-8", "replace"):
+            continue  # a setting dtm fixes, given the value it has (`save ""`): nothing to do
         if field is None:
             raise err(f"Unknown option or number of arguments for CONFIG SET - '{name}'")
         if field in changes:
