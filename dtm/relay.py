@@ -24,7 +24,7 @@ from dtm.buckets.pool import DedicatedConnection
 from dtm.buckets.pubsub import PubSubRelay
 from dtm.buckets.redis import WIDE_INTEGER_REPLIES, TransactionAborted, each, exec_item, parse
 from dtm.buckets.scripts import MAX_ARGS, USER_DATABASES
-from dtm.commands.table import unknown_command
+from dtm.commands.table import resolve, unknown_command
 from dtm.config import REDIS_NAMES
 from dtm.errors import DB_RANGE, NOAUTH, CommandError, err
 from dtm.resp import Raw, Verbatim, encode, parse_int
@@ -62,6 +62,8 @@ NO_SUCH_DATABASE: Final = b"2147483647"
 NOT_BATCHED: Final = LOCAL | FANOUT | PUBSUB | TRANSACTION | {"move", "copy"}
 # Queued inside MULTI and run by the shard with the rest (no front state involved).
 QUEUEABLE_LOCAL: Final = frozenset({"ping", "echo", "select"})
+# Inside MULTI, these make EXEC hold every shard and run the commands one by one.
+HELD_IN_MULTI: Final = FANOUT | (LOCAL - QUEUEABLE_LOCAL)
 # Replies holding a null array, which the guard's Lua turns into a null bulk string: the
 # front puts the array back (null_arrays_restored).
 NULL_ARRAY_REPLIES: Final = frozenset({"lpop", "rpop", "lmpop", "zmpop", "xread", "xreadgroup",
@@ -496,7 +498,13 @@ class RelaySession(Session):
             pass
         elif name in FANOUT:
             pass  # EXEC then holds every shard (exec_holding_everything)
-        elif name in LOCAL or name in PUBSUB:
+        elif name in LOCAL:
+            # Run by the front at its place in EXEC (which then holds every shard).
+            spec = resolve(argv)  # Redis's error for an unknown subcommand or arity
+            if "no_multi" in spec.flags:
+                self.multi_error = True
+                return err("Command not allowed inside a transaction")
+        elif name in PUBSUB:
             self.multi_error = True
             if name in ("subscribe", "psubscribe", "ssubscribe"):
                 return err("Command not allowed inside a transaction")
@@ -518,7 +526,7 @@ class RelaySession(Session):
 
     async def exec_transaction(self, db: int, queued: list[list[bytes]]) -> Any:
         engine = self.engine
-        if any(argv[0].lower().decode("latin-1") in FANOUT for argv in queued):
+        if any(argv[0].lower().decode("latin-1") in HELD_IN_MULTI for argv in queued):
             return await self.exec_holding_everything(db, queued)
         locks: dict[int, list[tuple[int, bytes]]] = {}
         current = db
@@ -586,6 +594,8 @@ class RelaySession(Session):
         engine = self.engine
         if name in FANOUT:
             return await self._fanout(name, argv, db)
+        if name in LOCAL and name not in QUEUEABLE_LOCAL:
+            return await self.execute(argv)
         info = engine.table.lookup(argv)
         keys = [] if info is None or name in ("ping", "echo") else await self._keys(info, argv)
         if not keys:

@@ -348,3 +348,17 @@ def test_psubscribe_star_hears_every_shard_and_nothing_of_dtms_own(rr: redis.Red
                   or any(c.startswith(b"__key%s@%d__" % (kind, db))
                          for kind in (b"space", b"event") for db in range(16, 33))]
         assert not leaked, leaked
+
+
+def test_the_fronts_own_commands_run_at_their_place_inside_multi(
+    frames: Frames, rr: redis.Redis,
+) -> None:
+    assert frames.call("MULTI") == b"+OK\r\n"
+    for command in (("SET", "own:a", "1"), ("CONFIG", "SET", "timeout", "0"),
+                    ("CLIENT", "SETNAME", "inside"), ("CLIENT", "GETNAME"), ("GET", "own:a")):
+        assert frames.call(*command) == b"+QUEUED\r\n"
+    assert frames.call("EXEC") == b"*5\r\n+OK\r\n+OK\r\n+OK\r\n$6\r\ninside\r\n$1\r\n1\r\n"
+    # As Redis: SAVE cannot be queued, and the transaction is then refused whole.
+    assert frames.call("MULTI") == b"+OK\r\n"
+    assert frames.call("SAVE") == b"-ERR Command not allowed inside a transaction\r\n"
+    assert frames.call("EXEC").startswith(b"-EXECABORT")
