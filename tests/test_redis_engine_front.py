@@ -362,3 +362,20 @@ def test_the_fronts_own_commands_run_at_their_place_inside_multi(
     assert frames.call("MULTI") == b"+OK\r\n"
     assert frames.call("SAVE") == b"-ERR Command not allowed inside a transaction\r\n"
     assert frames.call("EXEC").startswith(b"-EXECABORT")
+
+
+def test_a_blocked_client_that_hangs_up_takes_nothing_pushed_later(
+    rr: redis.Redis, dtm_redis: DtmProcess,
+) -> None:
+    gone = Frames(dtm_redis.port)
+    gone.sock.sendall(encode_command("BLPOP", "hangup:list", "0"))
+    deadline = time.monotonic() + 5
+    while rr.info("clients")["blocked_clients"] < 1:
+        assert time.monotonic() < deadline, "the client never blocked"
+        time.sleep(0.01)
+    gone.close()  # as Redis: a disconnected client is no longer waiting
+    while rr.info("clients")["blocked_clients"] > 0:
+        assert time.monotonic() < deadline, "the hung-up client stayed blocked"
+        time.sleep(0.01)
+    rr.rpush("hangup:list", "kept")
+    assert rr.lrange("hangup:list", 0, -1) == [b"kept"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -26,7 +27,7 @@ from dtm.buckets.address import READ_SIZE, ShardUnavailable, new_reader, pack
 from dtm.buckets.frames import FramingError, ReplyFramer
 from dtm.buckets.redis import exec_item, parse
 from dtm.buckets.scripts import UNLOCKED_CHANNEL
-from dtm.resp import Raw
+from dtm.resp import NO_REPLY, Raw
 
 if TYPE_CHECKING:
     from dtm.buckets.keyspecs import CommandInfo
@@ -89,8 +90,14 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
     blocked = False
     with notifier.watching(db, keys) as wait:
         await wait.ready()
+        hung_up = HangUp(session.conn.sock)
         try:
             while True:
+                if hung_up.seen:
+                    # As Redis unblocks a client that disconnects: no attempt may take an
+                    # element for a client that is gone.
+                    session.close_after_reply = True
+                    return NO_REPLY
                 reply = await _attempt(session, info, argv, keys, homes)
                 if blocked and reply.data.startswith(b"-WRONGTYPE") and not await _source_is_list(
                         session, name, keys):
@@ -106,12 +113,41 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
                 if not blocked:
                     blocked = True
                     notifier.blocked += 1
-                with trio.move_on_after(min(left, RETRY_EVERY)):
-                    await wait.changed()
+                with trio.move_on_after(min(left, RETRY_EVERY)) as waiting:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(hung_up.watch, waiting)
+                        await wait.changed()
+                        nursery.cancel_scope.cancel()
                 await wait.turn()
         finally:
             if blocked:
                 notifier.blocked -= 1
+
+
+class HangUp:
+    """Notices a waiting client's hang-up (its connection at end of input) while it
+    waits, so the wait ends; bytes it sends meanwhile (a pipeline) are left unread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.seen = False
+        self.sending = False  # the client sent more: readable from now on, not a hang-up
+
+    async def watch(self, waiting: trio.CancelScope) -> None:
+        if self.sending:
+            await trio.sleep_forever()
+        await trio.lowlevel.wait_readable(self.sock)
+        try:
+            peeked = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            peeked = b"-"
+        except OSError:
+            peeked = b""
+        if peeked:
+            self.sending = True
+            await trio.sleep_forever()
+        self.seen = True
+        waiting.cancel()
 
 
 async def _source_is_list(session: RelaySession, name: str, keys: list[bytes]) -> bool:
