@@ -13,6 +13,7 @@ relayed as it wrote it.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -101,6 +102,8 @@ class RelaySession(Session):
         self.watching: dict[int, DedicatedConnection] = {}
         self.watched: dict[int, list[tuple[int, bytes]]] = {}
         self.pubsub: PubSubRelay | None = None
+        # While blocked in a blocking command: ends the wait (CLIENT UNBLOCK; True for ERROR).
+        self.unblock: Callable[[bool], bool] | None = None
 
     # ---------------------------------------------------------------- batch
 

@@ -379,3 +379,30 @@ def test_a_blocked_client_that_hangs_up_takes_nothing_pushed_later(
         time.sleep(0.01)
     rr.rpush("hangup:list", "kept")
     assert rr.lrange("hangup:list", 0, -1) == [b"kept"]
+
+
+@pytest.mark.parametrize("how", ["TIMEOUT", "ERROR"])
+def test_client_unblock_ends_a_blocked_command_as_redis(
+    rr: redis.Redis, dtm_redis: DtmProcess, how: str,
+) -> None:
+    blocked = Frames(dtm_redis.port)
+    try:
+        client_id = int(blocked.call("CLIENT", "ID")[1:-2])
+        assert rr.execute_command("CLIENT", "UNBLOCK", client_id) == 0  # not blocked yet
+        blocked.sock.sendall(encode_command("BLPOP", "unblock:list", "0"))
+        deadline = time.monotonic() + 5
+        while rr.info("clients")["blocked_clients"] < 1:
+            assert time.monotonic() < deadline, "the client never blocked"
+            time.sleep(0.01)
+        assert rr.execute_command("CLIENT", "UNBLOCK", client_id, how) == 1
+        expected = (b"*-1\r\n" if how == "TIMEOUT"
+                    else b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n")
+        while (frame := blocked.framer.next()) is None:
+            blocked.framer.feed(blocked.sock.recv(65536))
+        assert frame == expected
+        rr.rpush("unblock:list", "kept")  # nobody is waiting for it any more
+        assert rr.lrange("unblock:list", 0, -1) == [b"kept"]
+    finally:
+        blocked.close()
+    with pytest.raises(redis.ResponseError, match="reason should be TIMEOUT or ERROR"):
+        rr.execute_command("CLIENT", "UNBLOCK", client_id, "LATER")

@@ -27,6 +27,7 @@ from dtm.buckets.address import READ_SIZE, ShardUnavailable, new_reader, pack
 from dtm.buckets.frames import FramingError, ReplyFramer
 from dtm.buckets.redis import exec_item, parse
 from dtm.buckets.scripts import UNLOCKED_CHANNEL
+from dtm.errors import CommandError
 from dtm.resp import NO_REPLY, Raw
 
 if TYPE_CHECKING:
@@ -88,6 +89,17 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
     deadline = math.inf if not timeout or timeout < 0 else trio.current_time() + timeout
     notifier: Notifier = engine.notifier
     blocked = False
+    unblocked: list[bool] = []  # set by CLIENT UNBLOCK: [True] for ERROR
+    scopes: list[trio.CancelScope] = []  # the wait going on
+
+    def unblock(error: bool) -> bool:
+        if unblocked:
+            return False
+        unblocked.append(error)
+        for scope in scopes:
+            scope.cancel()
+        return True
+
     with notifier.watching(db, keys) as wait:
         await wait.ready()
         hung_up = HangUp(session.conn.sock)
@@ -106,6 +118,10 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
                     return reply
                 wait.done()
                 left = deadline - trio.current_time()
+                if unblocked:  # CLIENT UNBLOCK
+                    if unblocked[0]:
+                        return CommandError("UNBLOCKED client unblocked via CLIENT UNBLOCK")
+                    left = 0
                 if left <= 0:
                     if session.proto == 3:
                         return _NULL
@@ -113,7 +129,9 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
                 if not blocked:
                     blocked = True
                     notifier.blocked += 1
+                    session.unblock = unblock
                 with trio.move_on_after(min(left, RETRY_EVERY)) as waiting:
+                    scopes[:] = [waiting]
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(hung_up.watch, waiting)
                         await wait.changed()
@@ -122,6 +140,7 @@ async def run(session: RelaySession, info: CommandInfo, argv: list[bytes], keys:
         finally:
             if blocked:
                 notifier.blocked -= 1
+                session.unblock = None
 
 
 class HangUp:

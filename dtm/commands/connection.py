@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from dtm import REDIS_COMPAT_VERSION
 from dtm.commands.args import c_int
-from dtm.commands.table import c_text, command, container
+from dtm.commands.table import c_text, command, container, subcommand_error
 from dtm.errors import DB_RANGE, SYNTAX, CommandError, err
 from dtm.resp import Verbatim, parse_int
 
@@ -259,6 +259,24 @@ def _kill(s: Session, victim: Session) -> None:
         s.close_after_reply = True  # reply first, then close, as Redis does
     else:
         victim.kill()
+
+
+@command("unblock", -3, "admin noscript loading stale", group=GROUP, summary="Unblock a client blocked in a blocking command", parent=CLIENT, since="5.0.0")
+def client_unblock(s: Session, argv: list[bytes]) -> Any:
+    if len(argv) > 4:
+        raise subcommand_error(argv)
+    error = False
+    if len(argv) == 4:  # as Redis: the reason is checked before the id
+        mode = argv[3].lower()
+        if mode not in (b"timeout", b"error"):
+            raise err("CLIENT UNBLOCK reason should be TIMEOUT or ERROR")
+        error = mode == b"error"
+    client_id = parse_int(argv[2])
+    if client_id is None:
+        raise err("value is not an integer or out of range")
+    target = s.server.clients.get(client_id)
+    unblock = getattr(target, "unblock", None)
+    return 1 if unblock is not None and unblock(error) else 0
 
 
 @command("help", 2, "loading stale", group=GROUP, summary="CLIENT subcommands", parent=CLIENT, since="5.0.0")

@@ -113,6 +113,7 @@ USAGE: dict[str, str] = {
     "client|setname": "connection-name",
     "client|setinfo": "attr: (LIB-NAME libname | LIB-VER libver)",
     "client|list": "[TYPE client-type] [ID client-id:integer ...]",
+    "client|unblock": "client-id:integer [unblock-type: (TIMEOUT | ERROR)]",
     "client|kill": (
         "filter: (ip:port | (new-format: [ID client-id:integer] [TYPE client-type] "
         "[USER username] [ADDR ip:port] [LADDR ip:port] [SKIPME yes/no]) ...)"
