@@ -23,7 +23,14 @@ from dtm.buckets.address import ShardError, ShardUnavailable
 from dtm.buckets.blocking import NOTIFY_FLAGS
 from dtm.buckets.pool import DedicatedConnection
 from dtm.buckets.pubsub import PubSubRelay
-from dtm.buckets.redis import WIDE_INTEGER_REPLIES, TransactionAborted, each, exec_item, parse
+from dtm.buckets.redis import (
+    WIDE_INTEGER_REPLIES,
+    TransactionAborted,
+    database_positions,
+    each,
+    exec_item,
+    parse,
+)
 from dtm.buckets.scripts import MAX_ARGS, USER_DATABASES
 from dtm.commands.table import resolve, unknown_command
 from dtm.config import REDIS_NAMES
@@ -56,8 +63,6 @@ FRONT_SETTINGS: Final = frozenset([*REDIS_NAMES, "port", "dir", "save", "appendo
 EVICTION_REFUSED: Final = ("CONFIG SET failed (possibly related to argument "
                            "'maxmemory-policy') - dtm's shards keep noeviction: an evicted "
                            "lock, intent or decision would break atomicity")
-# Arguments that name a database, by command (COPY's follows its DB option).
-DATABASE_ARGS: Final = {b"move": [2], b"swapdb": [1, 2], b"select": [1], b"copy": []}
 NO_SUCH_DATABASE: Final = b"2147483647"
 # Never in a pipelined run of guarded commands: the front handles them itself.
 NOT_BATCHED: Final = LOCAL | FANOUT | PUBSUB | TRANSACTION | {"move", "copy"}
@@ -80,16 +85,15 @@ def key_pairs(name: str, argv: list[bytes], keys: list[bytes], db: int) -> list[
     """The (database, key) pairs a command touches: its keys in db, but MOVE's key also
     in its target database and COPY … DB's destination in that database."""
     pairs = [(db, key) for key in keys]
-    if name == "move" and len(argv) == 3 and keys:
-        target = parse_int(argv[2])
+    if name not in ("move", "copy") or not keys or (name == "copy" and len(keys) != 2):
+        return pairs
+    for i in database_positions(argv):
+        target = parse_int(argv[i])
         if target is not None and 0 <= target < USER_DATABASES:
-            pairs.append((target, keys[0]))
-    elif name == "copy" and len(keys) == 2:
-        for i in range(3, len(argv) - 1):
-            if argv[i].lower() == b"db":
-                target = parse_int(argv[i + 1])
-                if target is not None and 0 <= target < USER_DATABASES:
-                    pairs[1] = (target, keys[1])
+            if name == "move":
+                pairs.append((target, keys[0]))
+            else:
+                pairs[1] = (target, keys[1])
     return pairs
 
 
@@ -270,21 +274,13 @@ class RelaySession(Session):
         """argv with any database index beyond the user's (MOVE, COPY … DB, SWAPDB,
         SELECT inside MULTI) made one no shard has: databases 16 to 32 of a shard are
         dtm's, and the shard then answers Redis's own "DB index is out of range"."""
-        name = argv[0].lower()
-        if name not in DATABASE_ARGS:
-            return argv
-        if name == b"copy":
-            positions = [i + 1 for i in range(3, len(argv) - 1) if argv[i].lower() == b"db"]
-        else:
-            positions = DATABASE_ARGS[name]
         limit = self.server.config.databases
         fixed = argv
-        for i in positions:
-            if i < len(argv):
-                index = parse_int(argv[i])
-                if index is not None and index >= limit:
-                    fixed = fixed if fixed is not argv else list(argv)
-                    fixed[i] = NO_SUCH_DATABASE
+        for i in database_positions(argv):
+            index = parse_int(argv[i])
+            if index is not None and index >= limit:
+                fixed = fixed if fixed is not argv else list(argv)
+                fixed[i] = NO_SUCH_DATABASE
         return fixed
 
     async def on_one_shard(self, index: int, info: CommandInfo, argv: list[bytes],

@@ -191,13 +191,7 @@ async def _drain_commits(engine: RedisEngine, index: int) -> None:
                 decided.append(txid)
         if not decided:
             return
-        for txid in decided:
-            until = await _meta(engine, index, "HGET", f"dtm:intent:{txid}", "until")
-            now = await engine.shards[index].now_ms()
-            if until is not None and now >= int(until):
-                primary = primary_of(txid)
-                assert primary is not None
-                await engine.resolve(index, txid)
+        await engine.resolve_lapsed(index, decided)
         await trio.sleep(POLL)
 
 

@@ -50,6 +50,7 @@ from dtm.buckets.scripts import (
     Locked,
     Outcome,
     Prepared,
+    resolve,
 )
 from dtm.buckets.shard import RedisBucket, stopped_by_lock
 from dtm.resp import Raw, parse_int
@@ -83,10 +84,6 @@ class YieldToWhole(Exception):
     def __init__(self, index: int) -> None:
         super().__init__(index)
         self.index = index
-
-
-class Unavailable(Exception):
-    """A shard could not be reached; ``str()`` is the reason for the client."""
 
 
 def parse(frame: Raw) -> Any:
@@ -200,12 +197,16 @@ class RedisEngine:
         so the original front can no longer commit, and the locks are released."""
         primary = primary_of(txid)
         assert primary is not None
-        outcome = await self.shards[primary].decide(txid, ABORT)
-        if outcome == COMMIT:
-            await self.shards[index].commit(txid)
-        else:
-            await self.shards[index].abort(txid)
-        return outcome
+        return await resolve(self.shards[index], self.shards[primary], txid)
+
+    async def resolve_lapsed(self, index: int, txids: Iterable[str]) -> None:
+        """Resolve those of txids whose lease on bucket index has run out."""
+        bucket = self.shards[index]
+        now = await bucket.now_ms()
+        for txid in txids:
+            until = await bucket.meta(("HGET", f"dtm:intent:{txid}", "until"))
+            if until is not None and now >= int(until):
+                await self.resolve(index, txid)
 
     # ------------------------------------------------------------- locking
 
@@ -292,11 +293,7 @@ class RedisEngine:
             others = [txid for txid in await bucket.transactions() if txid != own]
             if not others:
                 return
-            now = await bucket.now_ms()
-            for txid in others:
-                until = await bucket.meta(("HGET", f"dtm:intent:{txid}", "until"))
-                if until is not None and now >= int(until):
-                    await self.resolve(index, txid)
+            await self.resolve_lapsed(index, others)
             await trio.sleep(pause)
             pause = min(pause * 2, _WAIT_MOST)
 
@@ -500,20 +497,24 @@ def scratch(db: int) -> int:
     return SCRATCH_DB + db
 
 
+def database_positions(command: Sequence[Arg]) -> list[int]:
+    """Where a command names a database: SELECT n, MOVE key n, SWAPDB a b, COPY … DB n."""
+    head = command[0]
+    name = head.lower() if isinstance(head, bytes) else str(head).lower().encode()
+    if name == b"copy":
+        return [i + 1 for i, arg in enumerate(command[:-1])
+                if i >= 3 and isinstance(arg, bytes) and arg.lower() == b"db"]
+    return [i for i in _DATABASE_ARGUMENTS.get(name, ()) if i < len(command)]
+
+
+_DATABASE_ARGUMENTS: Final = {b"select": (1,), b"move": (2,), b"swapdb": (1, 2)}
+
+
 def in_scratch(command: Sequence[Arg]) -> Sequence[Arg]:
     """command with the user databases it names (SELECT n, MOVE key n, COPY … DB n) as
     their scratch databases; an index no user database has stays as it is (the shard
     answers it is out of range)."""
-    head = command[0]
-    name = head.lower() if isinstance(head, bytes) else str(head).lower().encode()
-    positions: list[int] = []
-    if name == b"select" and len(command) == 2:
-        positions = [1]
-    elif name == b"move" and len(command) == 3:
-        positions = [2]
-    elif name == b"copy":
-        positions = [i + 1 for i, arg in enumerate(command[:-1])
-                     if i >= 3 and isinstance(arg, bytes) and arg.lower() == b"db"]
+    positions = database_positions(command)
     if not positions:
         return command
     rewritten = list(command)

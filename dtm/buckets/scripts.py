@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import attrs
 import trio
@@ -447,7 +447,17 @@ class ShardScripts:
                                      f"not {script.sha}")
 
 
-async def resolve(here: ShardScripts, primary: ShardScripts, txid: str) -> Outcome:
+class Finisher(Protocol):
+    """What resolving needs of a shard: ShardScripts, or a bucket of the redis engine."""
+
+    async def decide(self, txid: str, outcome: Outcome) -> Outcome: ...
+
+    async def commit(self, txid: str) -> Any: ...
+
+    async def abort(self, txid: str) -> bool: ...
+
+
+async def resolve(here: Finisher, primary: Finisher, txid: str) -> Outcome:
     """Finish ``txid`` on ``here`` after its lease ran out, from the decision at the
     primary: ``commit`` rolls forward, anything else rolls back. With no decision yet,
     ``abort`` is written first (SET NX): from then on the original front's commit can no
